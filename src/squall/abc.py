@@ -1,0 +1,385 @@
+"""The seams of Squall: one interface per external dependency, and the data that crosses them.
+
+Every role (controller, scheduler, invoker) imports only these interfaces. Each has an embedded
+implementation shipped in the package (SQLite, in-process bus and coordination, process
+sandboxes) and, later, real backends chosen by name in configuration.
+
+Documents crossing the store seams are plain JSON-able dicts in OpenWhisk's shapes, so every
+backend stays a thin adapter and `squall store copy` can move them verbatim.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from squall.messages import ActivationMessage, QueueKey
+
+JSONDict = dict[str, Any]
+
+# ---------------------------------------------------------------------------------------------
+# Entity store: namespaces' keys and every named entity (actions, packages, triggers, rules).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class StoredEntity:
+    """One entity document as the store keeps it.
+
+    `namespace` is the entity's path (`guest` or `guest/pkg`); names are unique per path across
+    every collection, as OpenWhisk's document ids are. `revision` grows by one per write and is
+    what optimistic concurrency compares.
+    """
+
+    collection: str
+    namespace: str
+    name: str
+    revision: int
+    doc: JSONDict
+
+
+@dataclass(slots=True, frozen=True)
+class SubjectRecord:
+    """A namespace's credentials. Only a hash of the key is ever stored."""
+
+    namespace: str
+    subject: str
+    uuid: str
+    key_hash: str
+    limits: JSONDict = field(default_factory=dict)
+
+
+class EntityStore(abc.ABC):
+    """Namespaces' credentials and every named entity."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections and bring the schema up to date."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every resource; pending writes are flushed first."""
+
+    @abc.abstractmethod
+    async def get(self, collection: str, namespace: str, name: str) -> StoredEntity | None:
+        """The entity, or None when there is none of that collection under that name."""
+
+    @abc.abstractmethod
+    async def put(
+        self,
+        collection: str,
+        namespace: str,
+        name: str,
+        doc: JSONDict,
+        expected_revision: int | None,
+    ) -> StoredEntity:
+        """Create (`expected_revision` None) or replace (the current revision) an entity.
+
+        Raises ConflictError when the name is taken (in any collection) on create, or when the
+        stored revision is not `expected_revision` on replace.
+        """
+
+    @abc.abstractmethod
+    async def delete(
+        self, collection: str, namespace: str, name: str, expected_revision: int | None = None
+    ) -> bool:
+        """Delete; False when absent. ConflictError when `expected_revision` does not match."""
+
+    @abc.abstractmethod
+    async def list(
+        self,
+        collection: str,
+        namespace: str,
+        *,
+        skip: int = 0,
+        limit: int = 30,
+        prefix_match: bool = False,
+    ) -> list[StoredEntity]:
+        """Entities of a collection under a path, newest update first.
+
+        With `prefix_match`, paths below `namespace` (`ns/pkg`) are included too.
+        """
+
+    @abc.abstractmethod
+    async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:
+        """How many entities `list` would return without paging."""
+
+    @abc.abstractmethod
+    async def get_subject(self, uuid: str) -> SubjectRecord | None:
+        """The credentials whose key uuid is `uuid`."""
+
+    @abc.abstractmethod
+    async def get_subject_by_namespace(self, namespace: str) -> SubjectRecord | None:
+        """The credentials owning `namespace`."""
+
+    @abc.abstractmethod
+    async def put_subject(self, record: SubjectRecord) -> None:
+        """Create or replace a namespace's credentials."""
+
+    @abc.abstractmethod
+    async def delete_subject(self, namespace: str) -> bool:
+        """Remove a namespace's credentials; False when absent."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation store: records, logs and duration statistics.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class ActivationQuery:
+    """A listing of activations, OpenWhisk's `GET /activations` parameters."""
+
+    namespace: str
+    name: str | None = None  # `action` or `pkg/action`, matched against the record's path
+    skip: int = 0
+    limit: int = 30
+    since: int | None = None  # epoch ms, inclusive
+    upto: int | None = None  # epoch ms, inclusive
+
+
+@dataclass(slots=True, frozen=True)
+class DurationStats:
+    """An action's durations over a window, for the scheduler's container decisions."""
+
+    count: int
+    average_ms: float
+    p50_ms: float
+    p99_ms: float
+
+
+class ActivationStore(abc.ABC):
+    """Activation records in OpenWhisk's stored shape (see entities.activation)."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections and bring the schema up to date."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush every record handed to `store` and release resources."""
+
+    @abc.abstractmethod
+    def store(self, record: JSONDict) -> None:
+        """Accept a record for writing without waiting: writes are batched off the hot path.
+
+        A record handed here is visible to `get` at once and is durable after `flush` or a
+        clean `close`.
+        """
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Write every accepted record."""
+
+    @abc.abstractmethod
+    async def get(self, namespace: str, activation_id: str) -> JSONDict | None:
+        """One record of `namespace`, or None."""
+
+    @abc.abstractmethod
+    async def list(self, query: ActivationQuery) -> list[JSONDict]:
+        """Records matching the query, newest start first."""
+
+    @abc.abstractmethod
+    async def count(self, query: ActivationQuery) -> int:
+        """How many records match the query, ignoring skip and limit."""
+
+    @abc.abstractmethod
+    async def duration_stats(
+        self, namespace: str, path: str, since_ms: int
+    ) -> DurationStats | None:
+        """Durations of the action at `path` (`ns/[pkg/]name`) since `since_ms`; None if none."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Message bus: activations to schedulers, container commands to invokers, completions back.
+# ---------------------------------------------------------------------------------------------
+
+
+class Subscription(abc.ABC):
+    """A consumer of one topic in one consumer group."""
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[object]:
+        """Messages in order; the in-process bus hands over the very objects published."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop consuming."""
+
+
+class MessageBus(abc.ABC):
+    """Topics with consumer groups. The in-process bus does no serialisation."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect (and create topics where the backend needs it)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Disconnect; messages already published are delivered or kept by the backend."""
+
+    @abc.abstractmethod
+    def publish(self, topic: str, message: object) -> None:
+        """Send without waiting for delivery."""
+
+    @abc.abstractmethod
+    def subscribe(self, topic: str, group: str) -> Subscription:
+        """Consume `topic` as a member of `group`: each message goes to one member of a group."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Coordination: membership, leases and ownership (etcd in a cluster).
+# ---------------------------------------------------------------------------------------------
+
+
+class Coordinator(abc.ABC):
+    """A small key-value space with leases, the primitives etcd offers."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Revoke this process's lease and disconnect."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: str, *, leased: bool = True) -> None:
+        """Write a key, bound to this process's lease unless `leased` is False."""
+
+    @abc.abstractmethod
+    async def put_if_absent(self, key: str, value: str, *, leased: bool = True) -> bool:
+        """Write only if the key does not exist; True when written (elections use this)."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> str | None:
+        """A key's value."""
+
+    @abc.abstractmethod
+    async def get_prefix(self, prefix: str) -> Mapping[str, str]:
+        """Every key under a prefix."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove a key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Sandbox: where action code runs.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class InitPayload:
+    """The runtime protocol's `/init` value."""
+
+    name: str
+    main: str
+    code: str
+    binary: bool
+    env: dict[str, str]
+
+
+@dataclass(slots=True)
+class RunPayload:
+    """The runtime protocol's `/run` body: `value` plus the context exported as `__OW_*`."""
+
+    value: JSONDict
+    context: dict[str, str]  # namespace, action_name, activation_id, deadline, api_key, ...
+
+
+@dataclass(slots=True)
+class SandboxOutcome:
+    """What one `/init` or `/run` produced, before the invoker interprets it.
+
+    `response` is the raw JSON text the action returned (None when it returned nothing).
+    `failure` is set when the sandbox itself ended the call: "timeout", "memory", "crashed: ..."
+    or an init/run error message; the sandbox must then be discarded if `fatal`.
+    """
+
+    response: bytes | None
+    logs: list[str]
+    failure: str | None = None
+    fatal: bool = False
+    timed_out: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class SandboxSpec:
+    """What a sandbox is created for; a prewarmed stem cell knows only kind and memory."""
+
+    kind: str
+    memory_mb: int
+    log_limit_bytes: int
+
+
+class Sandbox(abc.ABC):
+    """One container: initialised once, then runs one activation at a time."""
+
+    @property
+    @abc.abstractmethod
+    def sandbox_id(self) -> str:
+        """Unique id, used in logs and metrics."""
+
+    @abc.abstractmethod
+    async def init(self, payload: InitPayload, timeout_s: float) -> SandboxOutcome:
+        """Load the action's code."""
+
+    @abc.abstractmethod
+    async def run(self, payload: RunPayload, timeout_s: float) -> SandboxOutcome:
+        """Run one activation."""
+
+    @abc.abstractmethod
+    async def destroy(self) -> None:
+        """Kill the sandbox and release everything it held."""
+
+    @abc.abstractmethod
+    def memory_bytes(self) -> int:
+        """Unique memory (USS) the sandbox holds now, 0 if unknown."""
+
+
+class SandboxFactory(abc.ABC):
+    """Creates sandboxes for the kinds it supports."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Prepare (start the zygote, check isolation) before the first create."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Destroy every sandbox it created and stop helper processes."""
+
+    @abc.abstractmethod
+    def kinds(self) -> Sequence[str]:
+        """Runtime kinds this factory can run."""
+
+    @abc.abstractmethod
+    async def create(self, spec: SandboxSpec) -> Sandbox:
+        """A fresh, uninitialised sandbox."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Scheduler endpoint: what an invoker's containers call to pull work (OpenWhisk's
+# FetchActivation). The scheduler serves it in-process; in a cluster, over the network.
+# ---------------------------------------------------------------------------------------------
+
+
+class QueueEndpoint(Protocol):
+    """The scheduler as seen by a container pulling from one queue."""
+
+    async def fetch(
+        self, key: QueueKey, container_id: str, last_duration_ms: float | None, timeout_s: float
+    ) -> ActivationMessage | None:
+        """The next activation, None when none came in time; raises QueueGone to stop."""
+
+    def container_started(self, key: QueueKey, creation_id: str, container_id: str) -> None:
+        """A created container is ready and pulling."""
+
+    def container_stopped(self, key: QueueKey, container_id: str) -> None:
+        """A container went away (idle, evicted, crashed)."""
+
+    def creation_failed(self, key: QueueKey, creation_id: str, error: str, developer: bool) -> None:
+        """A container could not be created."""

@@ -1,0 +1,46 @@
+"""The `squall` command: client commands in the shape of `wsk`, plus the server roles."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from squall.cli.commands import cli
+from squall.config import load_settings
+from squall.errors import ConfigurationError
+
+
+@click.command("standalone")
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default 3233).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the database and keys live (default ~/.squall).",
+)
+def standalone(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Run the whole platform in one process: API, scheduler and invoker."""
+    from squall.config import validate
+    from squall.standalone import run
+
+    try:
+        settings = load_settings().with_overrides(host=host, port=port, data_dir=data_dir)
+        validate(settings)
+    except ConfigurationError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    run(settings)
+
+
+cli.add_command(standalone)
+
+
+def main() -> None:
+    cli(prog_name="squall")
+
+
+if __name__ == "__main__":
+    main()

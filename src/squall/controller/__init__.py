@@ -1,0 +1,1 @@
+"""The controller: the OpenWhisk REST API, authentication, invoke and blocking waits."""

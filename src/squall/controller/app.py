@@ -1,0 +1,310 @@
+"""The OpenWhisk REST API v1 as a Starlette application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+
+from squall import __version__
+from squall.abc import ActivationQuery
+from squall.controller.auth import Authenticator, Identity
+from squall.controller.errors import (
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    TIMEOUT_RANGE,
+    UNAUTHENTICATED,
+    ApiError,
+    not_authorized,
+)
+from squall.controller.http import (
+    CORS_HEADERS,
+    error_response,
+    json_response,
+    new_transaction_id,
+    parse_json_object,
+    query_bool,
+    query_int,
+    read_body,
+)
+from squall.controller.service import ACTIONS, ControllerService
+from squall.entities.action import Action
+from squall.entities.activation import brief
+from squall.entities.names import DEFAULT_NAMESPACE, EntityPath, IllegalName, check_name
+
+log = logging.getLogger("squall.controller")
+
+Handler = Callable[[Request, Identity, str], Awaitable[Response]]
+
+_ACTIVATION_ID_CHARS = frozenset("0123456789abcdef")
+
+
+class Api:
+    """Route handlers bound to one controller service."""
+
+    def __init__(self, service: ControllerService, auth: Authenticator) -> None:
+        self.service, self.auth = service, auth
+        self.limits = service.limits
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def endpoint(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """Authenticate, give the handler a transaction id, and shape every error."""
+
+        async def run(request: Request) -> Response:
+            tid = new_transaction_id()
+            try:
+                identity = await self.auth.identify(request.headers.get("authorization"))
+                if identity is None:
+                    raise ApiError(
+                        401,
+                        UNAUTHENTICATED,
+                        {"WWW-Authenticate": 'Basic realm="whisk rest service"'},
+                    )
+                return await handler(request, identity, tid)
+            except ApiError as exc:
+                return error_response(exc, tid)
+            except Exception:
+                log.exception(
+                    "unexpected error in %s %s (tid %s)", request.method, request.url.path, tid
+                )
+                return error_response(ApiError(500, "An internal error occurred."), tid)
+
+        return run
+
+    def namespace(self, request: Request, identity: Identity) -> str:
+        ns = request.path_params["ns"]
+        if ns in (DEFAULT_NAMESPACE, identity.namespace):
+            return identity.namespace
+        raise ApiError(403, not_authorized(ns))
+
+    def action_path(self, request: Request, identity: Identity) -> EntityPath:
+        ns = self.namespace(request, identity)
+        params = request.path_params
+        try:
+            package = check_name(params["pkg"], "package name") if "pkg" in params else None
+            return EntityPath(ns, package, check_name(params["name"], "action name"))
+        except IllegalName as exc:
+            raise ApiError(400, str(exc)) from exc
+
+    # -- namespaces ------------------------------------------------------------------------
+
+    async def namespaces(self, request: Request, identity: Identity, tid: str) -> Response:
+        return json_response([identity.namespace], transaction_id=tid)
+
+    async def namespace_limits(self, request: Request, identity: Identity, tid: str) -> Response:
+        self.namespace(request, identity)
+        system = self.limits
+        limits: dict[str, Any] = {
+            "invocationsPerMinute": system.invocations_per_minute,
+            "concurrentInvocations": system.concurrent_invocations,
+            "firesPerMinute": system.fires_per_minute,
+            "maxActionMemory": system.memory_mb.maximum * 1024 * 1024,
+            "minActionMemory": system.memory_mb.minimum * 1024 * 1024,
+            "maxActionTimeout": system.timeout_ms.maximum,
+            "minActionTimeout": system.timeout_ms.minimum,
+            "maxActionLogs": system.logs_mb.maximum * 1024 * 1024,
+            "minActionLogs": system.logs_mb.minimum * 1024 * 1024,
+            "maxActionConcurrency": system.concurrency.maximum,
+            "minActionConcurrency": system.concurrency.minimum,
+            "maxParameterSize": system.parameters_bytes,
+            "maxActionInstances": system.concurrent_invocations,
+            "storeActivations": True,
+        }
+        limits.update(identity.limits)
+        return json_response(limits, transaction_id=tid)
+
+    # -- actions ---------------------------------------------------------------------------
+
+    async def list_actions(self, request: Request, identity: Identity, tid: str) -> Response:
+        ns = self.namespace(request, identity)
+        if query_bool(request, "count"):
+            total = await self.service.entities.count(ACTIONS, ns, prefix_match=True)
+            return json_response({"actions": total}, transaction_id=tid)
+        limit = query_int(request, "limit", 30, 0, self.limits.query_limit) or 30
+        skip = query_int(request, "skip", 0, 0, 2**31) or 0
+        stored = await self.service.entities.list(
+            ACTIONS, ns, skip=skip, limit=limit, prefix_match=True
+        )
+        views = [Action.from_json(s.doc).to_json(include_code=False) for s in stored]
+        for view in views:
+            view.pop("parameters", None)
+        return json_response(views, transaction_id=tid)
+
+    async def get_action(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.action_path(request, identity)
+        _, action = await self.service.get_action(path)
+        include_code = query_bool(request, "code", True)
+        return json_response(action.to_json(include_code=include_code), transaction_id=tid)
+
+    async def put_action(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.action_path(request, identity)
+        overwrite = query_bool(request, "overwrite")
+        raw = await read_body(
+            request, self.limits.code_bytes + 2 * self.limits.parameters_bytes, "action"
+        )
+        body = parse_json_object(raw, empty_ok=False)
+        action = await self.service.put_action(path, body, overwrite)
+        return json_response(action.to_json(), transaction_id=tid)
+
+    async def delete_action(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.action_path(request, identity)
+        action = await self.service.delete_action(path)
+        return json_response(action.to_json(), transaction_id=tid)
+
+    async def invoke_action(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.action_path(request, identity)
+        blocking = query_bool(request, "blocking")
+        result_only = query_bool(request, "result")
+        max_wait = self.limits.max_blocking_wait_ms
+        try:
+            wait_ms = query_int(request, "timeout", max_wait, 1, max_wait) or max_wait
+        except ApiError:
+            raise ApiError(400, TIMEOUT_RANGE.format(max_ms=max_wait)) from None
+        params = parse_json_object(await read_body(request, self.limits.payload_bytes))
+        activation_id, record = await self.service.invoke(
+            identity, path, params, blocking=blocking, wait_ms=wait_ms, transaction_id=tid
+        )
+        headers = {"x-openwhisk-activation-id": activation_id}
+        if record is None:
+            return json_response({"activationId": activation_id}, 202, tid, headers)
+        status = {0: 200, 1: 502, 2: 502}.get(record["statusCode"], 500)
+        body = record["response"]["result"] if result_only else record
+        return json_response(body, status, tid, headers)
+
+    # -- activations -----------------------------------------------------------------------
+
+    async def list_activations(self, request: Request, identity: Identity, tid: str) -> Response:
+        ns = self.namespace(request, identity)
+        count, docs = query_bool(request, "count"), query_bool(request, "docs")
+        if count and docs:
+            raise ApiError(400, "The parameters 'count' and 'docs' cannot be combined.")
+        query = ActivationQuery(
+            namespace=ns,
+            name=self._activation_name(request),
+            skip=query_int(request, "skip", 0, 0, 2**31) or 0,
+            limit=query_int(request, "limit", 30, 0, self.limits.query_limit) or 30,
+            since=query_int(request, "since", None, 0, 2**62),
+            upto=query_int(request, "upto", None, 0, 2**62),
+        )
+        if count:
+            total = await self.service.activations.count(query)
+            return json_response({"activations": total}, transaction_id=tid)
+        records = await self.service.activations.list(query)
+        return json_response(records if docs else [brief(r) for r in records], transaction_id=tid)
+
+    def _activation_name(self, request: Request) -> str | None:
+        name = request.query_params.get("name")
+        if not name:
+            return None
+        try:
+            for part in name.strip("/").split("/"):
+                check_name(part)
+        except IllegalName as exc:
+            raise ApiError(400, str(exc)) from exc
+        return name.strip("/")
+
+    async def _activation(self, request: Request, identity: Identity) -> dict[str, Any]:
+        ns = self.namespace(request, identity)
+        activation_id = request.path_params["aid"]
+        if len(activation_id) != 32 or not set(activation_id) <= _ACTIVATION_ID_CHARS:
+            raise ApiError(400, f"The activation id is not valid: {activation_id[:64]}")
+        record = await self.service.activations.get(ns, activation_id)
+        if record is None:
+            raise ApiError(404, NOT_FOUND)
+        return record
+
+    async def get_activation(self, request: Request, identity: Identity, tid: str) -> Response:
+        return json_response(await self._activation(request, identity), transaction_id=tid)
+
+    async def activation_result(self, request: Request, identity: Identity, tid: str) -> Response:
+        record = await self._activation(request, identity)
+        return json_response(record["response"], transaction_id=tid)
+
+    async def activation_logs(self, request: Request, identity: Identity, tid: str) -> Response:
+        record = await self._activation(request, identity)
+        return json_response({"logs": record.get("logs", [])}, transaction_id=tid)
+
+
+async def api_info(request: Request) -> Response:
+    return json_response(
+        {
+            "description": "Squall: an OpenWhisk-compatible serverless platform",
+            "api_version": "1.0.0",
+            "api_version_path": "v1",
+            "build": __version__,
+            "buildno": __version__,
+            "swagger_paths": {"ui": "/docs", "api-docs": "/api-docs"},
+        }
+    )
+
+
+async def ping(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+def fallback(routes: list[BaseRoute]) -> Callable[[Request], Awaitable[Response]]:
+    """CORS preflight for every path; otherwise 405 for a known path, 404 for anything else."""
+
+    async def answer(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=200, headers=CORS_HEADERS)
+        known = any(r.matches(request.scope)[0] != Match.NONE for r in routes)
+        status = 405 if known else 404
+        message = METHOD_NOT_ALLOWED if known else NOT_FOUND
+        return error_response(ApiError(status, message), new_transaction_id())
+
+    return answer
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    message = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}.get(status, "An internal error occurred.")
+    return error_response(ApiError(status, message), new_transaction_id())
+
+
+def build_app(
+    service: ControllerService, auth: Authenticator, extra_routes: list[Route] | None = None
+) -> Starlette:
+    """The ASGI application serving `/api/v1`."""
+    api = Api(service, auth)
+    ep = api.endpoint
+    base = "/api/v1/namespaces/{ns}"
+    routes: list[BaseRoute] = [
+        Route("/ping", ping, methods=["GET"]),
+        Route("/api/v1", api_info, methods=["GET"]),
+        Route("/api/v1/namespaces", ep(api.namespaces), methods=["GET"]),
+        Route(base + "/limits", ep(api.namespace_limits), methods=["GET"]),
+        Route(base + "/actions", ep(api.list_actions), methods=["GET"]),
+        *_action_routes(base + "/actions/{name}", api),
+        *_action_routes(base + "/actions/{pkg}/{name}", api),
+        Route(base + "/activations", ep(api.list_activations), methods=["GET"]),
+        Route(base + "/activations/{aid}", ep(api.get_activation), methods=["GET"]),
+        Route(base + "/activations/{aid}/result", ep(api.activation_result), methods=["GET"]),
+        Route(base + "/activations/{aid}/logs", ep(api.activation_logs), methods=["GET"]),
+        *(extra_routes or []),
+    ]
+    routes.append(Route("/{path:path}", fallback(list(routes))))
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_exception, Exception: _http_exception},
+    )
+
+
+def _action_routes(path: str, api: Api) -> list[Route]:
+    ep = api.endpoint
+    return [
+        Route(path, ep(api.get_action), methods=["GET"]),
+        Route(path, ep(api.put_action), methods=["PUT"]),
+        Route(path, ep(api.delete_action), methods=["DELETE"]),
+        Route(path, ep(api.invoke_action), methods=["POST"]),
+    ]
+
+
+__all__ = ["Api", "build_app"]

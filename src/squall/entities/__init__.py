@@ -1,0 +1,1 @@
+"""OpenWhisk's entity model: names, limits, actions and activation records."""

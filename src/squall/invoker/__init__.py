@@ -1,0 +1,1 @@
+"""The invoker: containers that pull activations, run them, and write the records."""

@@ -1,0 +1,77 @@
+"""Stem cells: sandboxes started ahead of need so a cold start skips process creation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from squall.abc import Sandbox, SandboxFactory, SandboxSpec
+
+log = logging.getLogger("squall.invoker")
+
+
+class PrewarmPool:
+    """Keeps `count` uninitialised sandboxes of one spec, refilled in the background."""
+
+    def __init__(self, factory: SandboxFactory, spec: SandboxSpec, count: int) -> None:
+        self._factory, self.spec, self.count = factory, spec, count
+        self._cells: list[Sandbox] = []
+        self._refill: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        await self._fill()
+
+    def take(self, spec: SandboxSpec) -> Sandbox | None:
+        """A stem cell fitting `spec`, or None; the pool refills itself afterwards."""
+        if not self._cells or not _fits(self.spec, spec):
+            return None
+        cell = self._cells.pop()
+        self._schedule_refill()
+        return cell
+
+    def _schedule_refill(self) -> None:
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.create_task(self._fill(), name="prewarm-refill")
+
+    async def _fill(self) -> None:
+        while not self._closed and len(self._cells) < self.count:
+            try:
+                cell = await self._factory.create(self.spec)
+            except Exception as exc:  # the pool is an optimisation: log and stop refilling
+                log.warning("could not prewarm a %s sandbox: %s", self.spec.kind, exc)
+                return
+            if self._closed:
+                await cell.destroy()
+                return
+            self._cells.append(cell)
+
+    def memory_mb(self) -> int:
+        return len(self._cells) * self.spec.memory_mb
+
+    def cells(self) -> int:
+        return len(self._cells)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refill
+        cells, self._cells = self._cells, []
+        for cell in cells:
+            await cell.destroy()
+
+
+def runtime_of(kind: str) -> str:
+    """`python:3.11` and `python:default` share one runtime: `python`."""
+    return kind.split(":", 1)[0]
+
+
+def _fits(cell: SandboxSpec, wanted: SandboxSpec) -> bool:
+    return (
+        runtime_of(cell.kind) == runtime_of(wanted.kind)
+        and cell.memory_mb == wanted.memory_mb
+        and cell.log_limit_bytes == wanted.log_limit_bytes
+    )

@@ -1,0 +1,177 @@
+"""The invoker role: starts containers when the scheduler asks, each pulling from its queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from squall.abc import (
+    ActivationStore,
+    MessageBus,
+    QueueEndpoint,
+    Sandbox,
+    SandboxFactory,
+    SandboxSpec,
+)
+from squall.config import InvokerSettings, SystemLimits
+from squall.errors import QueueGone
+from squall.invoker.execute import execute
+from squall.invoker.prewarm import PrewarmPool
+from squall.messages import INVOKER_TOPIC, Completion, ContainerCreation, completed_topic
+
+log = logging.getLogger("squall.invoker")
+
+MB = 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Container:
+    container_id: str
+    creation: ContainerCreation
+    memory_mb: int
+    task: asyncio.Task[None] | None = None
+    parked: bool = False
+    activations: int = 0
+    sandbox: Sandbox | None = field(default=None, repr=False)
+
+
+class InvokerService:
+    """Container pool with prewarmed stem cells, memory accounting and idle eviction."""
+
+    def __init__(
+        self,
+        *,
+        bus: MessageBus,
+        factory: SandboxFactory,
+        endpoint: QueueEndpoint,
+        activations: ActivationStore,
+        settings: InvokerSettings,
+        limits: SystemLimits,
+        api_host: str,
+        invoker_id: str = "invoker0",
+    ) -> None:
+        self._bus, self._factory, self._endpoint = bus, factory, endpoint
+        self._activations, self._settings, self._limits = activations, settings, limits
+        self._api_host, self.invoker_id = api_host, invoker_id
+        self._containers: dict[str, _Container] = {}
+        self._ids = itertools.count(1)
+        default_spec = SandboxSpec(
+            "python:default", limits.memory_mb.default, limits.logs_mb.default * MB
+        )
+        self.prewarm = PrewarmPool(factory, default_spec, settings.prewarm_count)
+        self._consumer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._subscription = self._bus.subscribe(INVOKER_TOPIC, self.invoker_id)
+        await self.prewarm.start()
+        self._consumer = asyncio.create_task(self._consume(), name="invoker-consume")
+
+    async def close(self) -> None:
+        await self._subscription.close()
+        tasks = [c.task for c in self._containers.values() if c.task is not None]
+        if self._consumer is not None:
+            tasks.append(self._consumer)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.prewarm.close()
+
+    async def _consume(self) -> None:
+        async for message in self._subscription:
+            if isinstance(message, ContainerCreation):
+                self.create_container(message)
+
+    # -- containers ------------------------------------------------------------------------
+
+    def used_memory_mb(self) -> int:
+        return sum(c.memory_mb for c in self._containers.values())
+
+    def container_count(self) -> int:
+        return len(self._containers)
+
+    def create_container(self, creation: ContainerCreation) -> None:
+        memory = creation.action.limits.memory
+        if not self._make_room(memory):
+            self._endpoint.creation_failed(
+                creation.queue,
+                creation.creation_id,
+                "No invoker has enough free memory for the action.",
+                developer=False,
+            )
+            return
+        container = _Container(f"{self.invoker_id}/c{next(self._ids)}", creation, memory)
+        self._containers[container.container_id] = container
+        container.task = asyncio.create_task(self._run_container(container))
+
+    def _make_room(self, memory_mb: int) -> bool:
+        """Evict parked (idle) containers, least used first, until `memory_mb` fits."""
+        budget = self._settings.user_memory_mb
+        if self.used_memory_mb() + memory_mb <= budget:
+            return True
+        idle = sorted(
+            (c for c in self._containers.values() if c.parked), key=lambda c: c.activations
+        )
+        for container in idle:
+            if container.task is not None:
+                container.task.cancel()
+            self._containers.pop(container.container_id, None)
+            if self.used_memory_mb() + memory_mb <= budget:
+                return True
+        return False
+
+    async def _run_container(self, container: _Container) -> None:
+        creation = container.creation
+        action = creation.action
+        spec = SandboxSpec(action.kind, action.limits.memory, action.limits.logs * MB)
+        try:
+            sandbox = self.prewarm.take(spec) or await self._factory.create(spec)
+        except Exception as exc:
+            log.warning("container creation for %s failed: %s", creation.queue, exc)
+            self._containers.pop(container.container_id, None)
+            self._endpoint.creation_failed(creation.queue, creation.creation_id, str(exc), False)
+            return
+        container.sandbox = sandbox
+        try:
+            self._endpoint.container_started(
+                creation.queue, creation.creation_id, container.container_id
+            )
+            await self._serve(container, sandbox)
+        except QueueGone:
+            pass
+        finally:
+            self._containers.pop(container.container_id, None)
+            self._endpoint.container_stopped(creation.queue, container.container_id)
+            await asyncio.shield(sandbox.destroy())
+
+    async def _serve(self, container: _Container, sandbox: Sandbox) -> None:
+        key = container.creation.queue
+        last_duration: float | None = None
+        while True:
+            container.parked = True
+            message = await self._endpoint.fetch(
+                key, container.container_id, last_duration, self._settings.idle_container_s
+            )
+            container.parked = False
+            if message is None:
+                return  # idle for too long: give the memory back
+            executed = await execute(
+                sandbox,
+                message,
+                needs_init=container.activations == 0,
+                api_host=self._api_host,
+                result_limit=self._limits.result_bytes,
+            )
+            container.activations += 1
+            last_duration = executed.run_ms
+            self._activations.store(executed.record)
+            self._bus.publish(
+                completed_topic(message.controller_id),
+                Completion(message.activation_id, message.controller_id, executed.record),
+            )
+            if executed.discard:
+                return

@@ -1,0 +1,173 @@
+"""Wiring: builds every component of one Squall process from its settings, starts and stops them.
+
+Standalone runs all three roles in one process with the embedded backends; the invoke path is
+still controller -> bus -> scheduler queue -> invoker -> sandbox, exactly as in a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from squall.abc import ActivationStore, Coordinator, EntityStore, MessageBus, SandboxFactory
+from squall.bus.memory import MemoryBus
+from squall.config import Settings
+from squall.controller.app import build_app
+from squall.controller.auth import Authenticator, generate_auth, subject_record, verify_key
+from squall.controller.service import ControllerService
+from squall.coordination.local import LocalCoordinator
+from squall.invoker.service import InvokerService
+from squall.sandbox.process import ProcessSandboxFactory
+from squall.scheduler.service import SchedulerService
+from squall.stores.sqlite import SqliteActivationStore, SqliteEntityStore
+
+log = logging.getLogger("squall")
+
+GUEST_NAMESPACE = "guest"
+GUEST_AUTH_FILE = "guest.auth"
+
+
+@dataclass
+class Platform:
+    """Every component of a standalone process, in start order."""
+
+    settings: Settings
+    entities: EntityStore
+    activations: ActivationStore
+    bus: MessageBus
+    coordinator: Coordinator
+    sandboxes: SandboxFactory
+    scheduler: SchedulerService
+    invoker: InvokerService
+    controller: ControllerService
+    auth: Authenticator
+    app: Starlette
+    guest_auth: str = field(default="", repr=False)
+    warnings: list[str] = field(default_factory=list)
+
+    async def start(self) -> None:
+        prepare_data_dir(self.settings.data_dir)
+        for component in (
+            self.entities,
+            self.activations,
+            self.bus,
+            self.coordinator,
+            self.sandboxes,
+        ):
+            await component.start()
+        self.guest_auth = await ensure_guest(self.settings, self.entities)
+        await self.scheduler.start()
+        await self.invoker.start()
+        await self.controller.start()
+
+    async def close(self) -> None:
+        await self.controller.close()
+        await self.invoker.close()
+        await self.scheduler.close()
+        await self.sandboxes.close()
+        await self.coordinator.close()
+        await self.bus.close()
+        await self.activations.close()
+        await self.entities.close()
+
+
+def build_platform(settings: Settings) -> Platform:
+    """All components for `settings`, not yet started."""
+    db = settings.database_path
+    entities = SqliteEntityStore(db)
+    activations = SqliteActivationStore(db)
+    bus = MemoryBus()
+    coordinator = LocalCoordinator()
+    sandboxes = ProcessSandboxFactory(sandbox_root())
+    limits = settings.limits
+    scheduler = SchedulerService(
+        bus=bus,
+        coordinator=coordinator,
+        activations=activations,
+        settings=settings.scheduler,
+        namespace_limit=lambda _ns: limits.concurrent_invocations,
+    )
+    api_host = settings.api_host or f"http://{settings.host}:{settings.port}"
+    invoker = InvokerService(
+        bus=bus,
+        factory=sandboxes,
+        endpoint=scheduler,
+        activations=activations,
+        settings=settings.invoker,
+        limits=limits,
+        api_host=api_host,
+    )
+    controller = ControllerService(
+        entities=entities,
+        activations=activations,
+        bus=bus,
+        coordinator=coordinator,
+        limits=limits,
+        kinds=frozenset(sandboxes.kinds()),
+    )
+    auth = Authenticator(entities)
+    app = build_app(controller, auth)
+    warnings = []
+    if getattr(sandboxes, "isolation_degraded", False):
+        warnings.append(
+            f"sandbox isolation is reduced: {getattr(sandboxes, 'isolation_reason', '')}"
+        )
+    return Platform(
+        settings,
+        entities,
+        activations,
+        bus,
+        coordinator,
+        sandboxes,
+        scheduler,
+        invoker,
+        controller,
+        auth,
+        app,
+        warnings=warnings,
+    )
+
+
+def sandbox_root() -> Path:
+    """Sandboxes' work dirs live outside the data dir, which sandbox users must not enter.
+
+    Mode 0711: a sandbox can reach its own (0700) dir by name but cannot list the others.
+    """
+    root = Path(tempfile.mkdtemp(prefix="squall-sandboxes-"))
+    os.chmod(root, 0o711)
+    return root
+
+
+def prepare_data_dir(path: Path) -> None:
+    """The data dir holds the database and keys: only the platform's user may enter it."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+async def ensure_guest(settings: Settings, store: EntityStore) -> str:
+    """The guest namespace's `uuid:key`: from SQUALL_GUEST_AUTH, else generated once and kept."""
+    key_file = settings.data_dir / GUEST_AUTH_FILE
+    auth = settings.guest_auth
+    if auth is None and key_file.exists():
+        auth = key_file.read_text().strip()
+    if auth is None:
+        auth = generate_auth()
+    if not key_file.exists() or key_file.read_text().strip() != auth:
+        key_file.write_text(auth + "\n")
+        os.chmod(key_file, 0o600)
+    current = await store.get_subject_by_namespace(GUEST_NAMESPACE)
+    uid = auth.partition(":")[0]
+    if (
+        current is None
+        or current.uuid != uid
+        or not verify_key(auth.partition(":")[2], current.key_hash)
+    ):
+        if current is not None:
+            await store.delete_subject(GUEST_NAMESPACE)
+        await store.put_subject(subject_record(GUEST_NAMESPACE, auth))
+    return auth

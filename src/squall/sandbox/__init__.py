@@ -1,0 +1,1 @@
+"""Process sandboxes: a zygote forks one isolated child per sandbox, which runs Python actions."""

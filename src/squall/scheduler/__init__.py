@@ -1,0 +1,1 @@
+"""The scheduler: per-action queues, container decisions, and (later) alarms."""

@@ -1,0 +1,109 @@
+"""One action revision's queue of activations, pulled by its containers.
+
+Containers park in `fetch` while the queue is empty; an arriving activation goes straight to a
+parked container without touching the deque, which keeps the warm path to one future hand-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from squall.errors import QueueGone
+from squall.messages import ActivationMessage, QueueKey
+
+
+@dataclass(slots=True)
+class _Entry:
+    enqueued: float  # monotonic seconds
+    message: ActivationMessage
+
+
+@dataclass(slots=True)
+class MemoryQueue:
+    """Waiting activations, parked containers, and the container counts the decisions need."""
+
+    key: QueueKey
+    memory_mb: int
+    instances: int | None
+    concurrency: int
+    duration_buffer_size: int
+    entries: deque[_Entry] = field(default_factory=deque)
+    waiters: deque[asyncio.Future[ActivationMessage | None]] = field(default_factory=deque)
+    containers: set[str] = field(default_factory=set)
+    creations: dict[str, float] = field(default_factory=dict)  # creation id -> monotonic start
+    durations: deque[float] = field(default_factory=deque)
+    last_activity: float = field(default_factory=time.monotonic)
+    removed: bool = False
+    throttled: bool = False
+
+    def enqueue(self, message: ActivationMessage) -> None:
+        """Hand to a parked container, or queue."""
+        self.last_activity = time.monotonic()
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(message)
+                return
+        self.entries.append(_Entry(self.last_activity, message))
+
+    async def fetch(
+        self, last_duration_ms: float | None, timeout_s: float
+    ) -> ActivationMessage | None:
+        """The next activation, or None when none came within `timeout_s`."""
+        if self.removed:
+            raise QueueGone(str(self.key))
+        if last_duration_ms is not None:
+            self._record_duration(last_duration_ms)
+        if self.entries:
+            self.last_activity = time.monotonic()
+            return self.entries.popleft().message
+        waiter: asyncio.Future[ActivationMessage | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.waiters.append(waiter)
+        try:
+            message = await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            return None
+        if message is None:
+            raise QueueGone(str(self.key))
+        return message
+
+    def _record_duration(self, duration_ms: float) -> None:
+        self.durations.append(duration_ms)
+        if len(self.durations) > self.duration_buffer_size:
+            self.durations.popleft()
+
+    def average_duration(self) -> float | None:
+        return sum(self.durations) / len(self.durations) if self.durations else None
+
+    def stale_count(self, now: float, threshold_s: float) -> int:
+        count = 0
+        for entry in self.entries:  # oldest first: stop at the first fresh one
+            if now - entry.enqueued <= threshold_s:
+                break
+            count += 1
+        return count
+
+    def drop_older_than(self, now: float, age_s: float) -> list[ActivationMessage]:
+        dropped: list[ActivationMessage] = []
+        while self.entries and now - self.entries[0].enqueued > age_s:
+            dropped.append(self.entries.popleft().message)
+        return dropped
+
+    def idle_waiters(self) -> int:
+        return sum(1 for w in self.waiters if not w.done())
+
+    def remove(self) -> list[ActivationMessage]:
+        """Mark removed, release parked containers, and return what was still queued."""
+        self.removed = True
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
+        left = [e.message for e in self.entries]
+        self.entries.clear()
+        return left

@@ -1,0 +1,289 @@
+"""The scheduler role: consumes activations, keeps a queue per action, decides on containers.
+
+It also answers the invokers' containers when they pull work (`fetch`), the in-process form of
+OpenWhisk's FetchActivation; in a cluster the same methods sit behind the scheduler's endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from squall.abc import ActivationStore, Coordinator, MessageBus
+from squall.config import SchedulerSettings
+from squall.entities.activation import (
+    DEVELOPER_ERROR,
+    WHISK_ERROR,
+    ActivationResponse,
+    build_record,
+)
+from squall.errors import QueueGone
+from squall.messages import (
+    INVOKER_TOPIC,
+    SCHEDULER_TOPIC,
+    ActivationMessage,
+    Completion,
+    ContainerCreation,
+    QueueKey,
+    completed_topic,
+)
+from squall.scheduler.decision import QueueSnapshot, decide
+from squall.scheduler.queue import MemoryQueue
+
+log = logging.getLogger("squall.scheduler")
+
+TOO_MANY_IN_FLIGHT = "Too many concurrent requests in flight."
+
+__all__ = ["QueueGone", "SchedulerService"]
+
+
+class SchedulerService:
+    """Queues keyed by (invocation namespace, action path); one revision live per queue."""
+
+    def __init__(
+        self,
+        *,
+        bus: MessageBus,
+        coordinator: Coordinator,
+        activations: ActivationStore,
+        settings: SchedulerSettings,
+        namespace_limit: Callable[[str], int],
+        scheduler_id: str = "scheduler0",
+    ) -> None:
+        self._bus, self._coordinator, self._activations = bus, coordinator, activations
+        self._settings = settings
+        self._namespace_limit = namespace_limit
+        self.scheduler_id = scheduler_id
+        self._queues: dict[tuple[str, str], MemoryQueue] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        subscription = self._bus.subscribe(SCHEDULER_TOPIC, "scheduler")
+        self._subscription = subscription
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="scheduler-consume"),
+            asyncio.create_task(self._tick_forever(), name="scheduler-tick"),
+        ]
+
+    async def close(self) -> None:
+        await self._subscription.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for queue in list(self._queues.values()):
+            self._fail_all(
+                queue.remove(), "The scheduler shut down before the activation ran.", WHISK_ERROR
+            )
+        self._queues.clear()
+
+    async def _consume(self) -> None:
+        async for message in self._subscription:
+            if isinstance(message, ActivationMessage):
+                self.accept(message)
+
+    # -- activations -----------------------------------------------------------------------
+
+    def accept(self, message: ActivationMessage) -> None:
+        """Queue one activation, creating the queue (and its first container) when needed."""
+        queue = self._queue_for(message)
+        if queue.throttled or len(queue.entries) >= self._settings.max_retention_size:
+            self._throttle(queue, True)
+            self._fail(message, TOO_MANY_IN_FLIGHT, DEVELOPER_ERROR)
+            return
+        queue.enqueue(message)
+        if not queue.containers and not queue.creations:
+            self._schedule(queue)  # a cold start must not wait for the next tick
+
+    def _queue_for(self, message: ActivationMessage) -> MemoryQueue:
+        key = message.queue_key
+        slot = (key.invocation_namespace, key.action_path)
+        queue = self._queues.get(slot)
+        if queue is not None and queue.key.revision >= key.revision:
+            return queue
+        fresh = MemoryQueue(
+            key=key,
+            memory_mb=message.action.limits.memory,
+            instances=message.action.limits.instances,
+            concurrency=message.action.limits.concurrency,
+            duration_buffer_size=self._settings.duration_buffer_size,
+        )
+        self._queues[slot] = fresh
+        if queue is not None:  # a newer revision retires the old queue's containers
+            for left in queue.remove():
+                fresh.enqueue(left)
+        return fresh
+
+    def _throttle(self, queue: MemoryQueue, on: bool) -> None:
+        if queue.throttled == on:
+            return
+        queue.throttled = on
+        flag = f"throttling/{queue.key.invocation_namespace}/{queue.key.action_path}"
+        coro = self._coordinator.put(flag, "true") if on else self._coordinator.delete(flag)
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(_log_failure)
+
+    # -- what containers call --------------------------------------------------------------
+
+    async def fetch(
+        self, key: QueueKey, container_id: str, last_duration_ms: float | None, timeout_s: float
+    ) -> ActivationMessage | None:
+        """The next activation for a container of `key`; QueueGone when it should stop."""
+        queue = self._live_queue(key)
+        message = await queue.fetch(last_duration_ms, timeout_s)
+        if queue.throttled and len(queue.entries) <= (
+            self._settings.max_retention_size * self._settings.throttling_fraction
+        ):
+            self._throttle(queue, False)
+        return message
+
+    def container_started(self, key: QueueKey, creation_id: str, container_id: str) -> None:
+        queue = self._live_queue(key)
+        queue.creations.pop(creation_id, None)
+        queue.containers.add(container_id)
+
+    def container_stopped(self, key: QueueKey, container_id: str) -> None:
+        queue = self._queues.get((key.invocation_namespace, key.action_path))
+        if queue is not None and queue.key == key:
+            queue.containers.discard(container_id)
+            if queue.entries and not queue.containers and not queue.creations:
+                self._schedule(queue)
+
+    def creation_failed(self, key: QueueKey, creation_id: str, error: str, developer: bool) -> None:
+        """A container could not be made; developer errors fail what waits, others retry."""
+        queue = self._queues.get((key.invocation_namespace, key.action_path))
+        if queue is None or queue.key != key:
+            return
+        queue.creations.pop(creation_id, None)
+        if developer and not queue.containers:
+            self._fail_all(list(_drain(queue)), error, DEVELOPER_ERROR)
+
+    def _live_queue(self, key: QueueKey) -> MemoryQueue:
+        queue = self._queues.get((key.invocation_namespace, key.action_path))
+        if queue is None or queue.key != key or queue.removed:
+            raise QueueGone(str(key))
+        return queue
+
+    # -- decisions -------------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.check_interval_s)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler tick failed; continuing")
+
+    def tick(self) -> None:
+        """One decision round over every queue: drop too-old entries, scale, retire idle queues."""
+        now = time.monotonic()
+        for slot, queue in list(self._queues.items()):
+            expired = queue.drop_older_than(now, self._settings.max_retention_ms / 1000)
+            self._fail_all(
+                expired,
+                f"Activation processing is not initiated for {self._settings.max_retention_ms} ms",
+                WHISK_ERROR,
+            )
+            self._schedule(queue)
+            if self._is_idle(queue, now):
+                queue.remove()
+                del self._queues[slot]
+
+    def _is_idle(self, queue: MemoryQueue, now: float) -> bool:
+        return (
+            not queue.entries
+            and not queue.creations
+            and not queue.containers
+            and now - queue.last_activity > self._settings.idle_grace_s
+        )
+
+    def _schedule(self, queue: MemoryQueue) -> None:
+        decision = decide(self._snapshot(queue))
+        for _ in range(decision.add):
+            self._create_container(queue)
+
+    def _snapshot(self, queue: MemoryQueue) -> QueueSnapshot:
+        namespace = queue.key.invocation_namespace
+        ns_existing = ns_progress = 0
+        for other in self._queues.values():
+            if other.key.invocation_namespace == namespace:
+                ns_existing += len(other.containers)
+                ns_progress += len(other.creations)
+        limit = self._namespace_limit(namespace)
+        instances = queue.instances
+        return QueueSnapshot(
+            existing=len(queue.containers),
+            in_progress=len(queue.creations),
+            queued=len(queue.entries),
+            stale=queue.stale_count(time.monotonic(), self._settings.stale_threshold_ms / 1000),
+            namespace_existing=ns_existing,
+            namespace_in_progress=ns_progress,
+            namespace_limit=limit,
+            action_limit=min(instances, limit) if instances is not None else limit,
+            concurrency=queue.concurrency,
+            average_duration_ms=queue.average_duration(),
+            stale_threshold_ms=self._settings.stale_threshold_ms,
+        )
+
+    def _create_container(self, queue: MemoryQueue) -> None:
+        creation_id = uuid.uuid4().hex
+        queue.creations[creation_id] = time.monotonic()
+        # The newest message's action is the revision this queue serves.
+        action = queue.entries[-1].message.action if queue.entries else None
+        if action is None:
+            queue.creations.pop(creation_id)
+            return
+        self._bus.publish(
+            INVOKER_TOPIC, ContainerCreation(creation_id, queue.key, action, self.scheduler_id)
+        )
+
+    # -- failing activations the scheduler cannot run ----------------------------------------
+
+    def _fail_all(self, messages: list[ActivationMessage], error: str, status: int) -> None:
+        for message in messages:
+            self._fail(message, error, status)
+
+    def _fail(self, message: ActivationMessage, error: str, status: int) -> None:
+        now = int(time.time() * 1000)
+        action = message.action
+        record = build_record(
+            namespace=message.invocation_namespace,
+            name=action.name,
+            version=action.version,
+            subject=message.subject,
+            activation_id=message.activation_id,
+            start=now,
+            end=now,
+            response=ActivationResponse(status, {"error": error}),
+            logs=[],
+            annotations=[
+                {"key": "path", "value": action.qualified},
+                {"key": "kind", "value": action.kind},
+                {"key": "limits", "value": action.limits.to_json()},
+                *message.extra_annotations,
+            ],
+            cause=message.cause,
+        )
+        self._activations.store(record)
+        self._bus.publish(
+            completed_topic(message.controller_id),
+            Completion(message.activation_id, message.controller_id, record),
+        )
+
+
+def _drain(queue: MemoryQueue) -> list[ActivationMessage]:
+    messages = [e.message for e in queue.entries]
+    queue.entries.clear()
+    return messages
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not update a throttling flag: %s", task.exception())

@@ -1,0 +1,797 @@
+"""SQLite stores: the embedded default for entities and activations.
+
+Both stores may share one file: they use different tables and keep their schema versions under
+different components of the `schema_version` table. Each store owns one connection that is
+used only from the store's own single-thread executor, so the event loop never waits on disk,
+and SQLite runs in WAL mode so the two stores' connections (and readers in other processes,
+such as `squall store copy`) do not block each other.
+
+The file is created with mode 0600 (its directory, if created, 0700): it holds key hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import orjson
+
+from squall.abc import (
+    ActivationQuery,
+    ActivationStore,
+    DurationStats,
+    EntityStore,
+    JSONDict,
+    StoredEntity,
+    SubjectRecord,
+)
+from squall.errors import ConflictError, StoreError
+
+__all__ = ["SqliteActivationStore", "SqliteEntityStore"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+# The statements taking a component's schema from version N-1 to N, run in one transaction.
+# Append new migrations; never edit one that has been released.
+Migration = tuple[str, ...]
+
+BUSY_TIMEOUT_MS = 5000
+STATS_WINDOW = 10_000  # most recent durations considered by duration_stats
+PURGE_CHUNK = 5_000  # rows per delete, so a large purge never holds the write lock for long
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+_SCHEMA_VERSION_DDL = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    component TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+)"""
+
+ENTITY_MIGRATIONS: tuple[Migration, ...] = (
+    (
+        # `seq` orders writes within the same millisecond so "newest first" is deterministic.
+        """CREATE TABLE entities (
+            namespace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            updated INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            doc TEXT NOT NULL,
+            PRIMARY KEY (namespace, name)
+        )""",
+        "CREATE UNIQUE INDEX entities_by_seq ON entities (seq)",
+        """CREATE INDEX entities_by_collection
+            ON entities (collection, namespace, updated DESC, seq DESC)""",
+        """CREATE TABLE subjects (
+            namespace TEXT PRIMARY KEY,
+            subject TEXT NOT NULL,
+            uuid TEXT NOT NULL UNIQUE,
+            key_hash TEXT NOT NULL,
+            limits TEXT NOT NULL
+        )""",
+    ),
+)
+
+ACTIVATION_MIGRATIONS: tuple[Migration, ...] = (
+    (
+        # `path` is the record's `path` annotation (ns/[pkg/]action); `entity_path` is what the
+        # listing's `name` filter compares with ([pkg/]action, see `_entity_path`).
+        """CREATE TABLE activations (
+            activation_id TEXT PRIMARY KEY,
+            namespace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            path TEXT NOT NULL,
+            entity_path TEXT NOT NULL,
+            start_ms INTEGER NOT NULL,
+            end_ms INTEGER NOT NULL,
+            duration_ms INTEGER,
+            status_code INTEGER,
+            doc TEXT NOT NULL
+        )""",
+        """CREATE INDEX activations_by_namespace
+            ON activations (namespace, start_ms DESC, activation_id DESC)""",
+        """CREATE INDEX activations_by_name
+            ON activations (namespace, entity_path, start_ms DESC, activation_id DESC)""",
+        # Covers duration_stats, so the scheduler's query never reads the records themselves.
+        """CREATE INDEX activations_by_path
+            ON activations (path, start_ms, namespace, duration_ms)""",
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing shared by both stores
+# ---------------------------------------------------------------------------------------------
+
+
+def _dumps(doc: Any) -> str:
+    try:
+        return orjson.dumps(doc).decode()
+    except TypeError:
+        # orjson refuses integers beyond 64 bits, which user JSON may hold; the stdlib does not.
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(text: str) -> Any:
+    return orjson.loads(text)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """An explicit write transaction; IMMEDIATE so a read-then-write cannot lose a race."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        _rollback_quietly(conn)
+        raise
+    conn.execute("COMMIT")
+
+
+def _rollback_quietly(conn: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself on some errors; a second ROLLBACK would mask the first error.
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.rollback()
+
+
+class _Database:
+    """One SQLite connection, touched only from its own thread."""
+
+    def __init__(self, path: Path, component: str, migrations: Sequence[Migration]) -> None:
+        self.path = Path(path)
+        self._component = component
+        self._migrations = migrations
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"squall-sqlite-{component}")
+        self._conn: sqlite3.Connection | None = None  # read and written in the thread only
+        self._state = "new"  # new | open | closed, read and written on the loop only
+
+    async def open(self) -> None:
+        if self._state != "new":
+            raise StoreError(f"SQLite {self._component} store {self.path} was already started")
+        await self._submit(self._open)
+        self._state = "open"
+
+    async def close(self) -> None:
+        if self._state == "closed":
+            return
+        was_open, self._state = self._state == "open", "closed"
+        try:
+            if was_open:
+                await self._submit(self._close)
+        finally:
+            # The queue is empty by now, so joining the thread takes microseconds.
+            self._executor.shutdown(wait=True)
+
+    async def run(
+        self,
+        what: str,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run `fn(connection, ...)` in the store's thread; sqlite3 errors become StoreError."""
+        if self._state != "open":
+            raise StoreError(f"SQLite {self._component} store {self.path} is not open ({what})")
+
+        def call(conn: sqlite3.Connection) -> T:
+            return fn(conn, *args, **kwargs)
+
+        return await self._submit(partial(self._guarded, what, call))
+
+    async def _submit(self, job: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    def _guarded(self, what: str, call: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"SQLite {self._component} store {self.path} is not open ({what})")
+        try:
+            return call(conn)
+        except sqlite3.Error as exc:
+            _rollback_quietly(conn)
+            raise self._error(what, exc) from exc
+
+    def _error(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"SQLite database {self.path} ({self._component}): {what} failed: {exc}")
+
+    # -- in the thread -------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise self._error("opening", exc) from exc
+        try:
+            self._migrate(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._error("bringing the schema up to date", exc) from exc
+            raise
+        self._conn = conn
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Created here rather than by SQLite so the file is private from its first byte; SQLite
+        # gives its -wal and -shm files the same mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        # isolation_level=None: no implicit transactions, every write transaction is explicit.
+        conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=128)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        if str(mode).lower() != "wal":
+            log.warning("SQLite database %s cannot use WAL (journal_mode=%s); writers will "
+                        "block readers", self.path, mode)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute(_SCHEMA_VERSION_DDL)
+        latest = len(self._migrations)
+        with _transaction(conn):
+            current = self._schema_version(conn)
+            if current > latest:
+                raise StoreError(
+                    f"database schema version {current} is newer than this Squall supports "
+                    f"({latest}); upgrade Squall (SQLite file {self.path}, "
+                    f"{self._component} tables)"
+                )
+            for migration in self._migrations[current:]:
+                for statement in migration:
+                    conn.execute(statement)
+            if current < latest:
+                conn.execute(
+                    "INSERT INTO schema_version (component, version) VALUES (?, ?) "
+                    "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                    (self._component, latest),
+                )
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute(
+            "SELECT version FROM schema_version WHERE component = ?", (self._component,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("PRAGMA optimize")  # what SQLite recommends before closing
+        except sqlite3.Error as exc:
+            log.warning("PRAGMA optimize on %s failed: %s", self.path, exc)
+        finally:
+            conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Entity store
+# ---------------------------------------------------------------------------------------------
+
+_NEXT_SEQ = "(SELECT coalesce(max(seq), 0) + 1 FROM entities)"
+
+_ENTITY_GET = """SELECT revision, doc FROM entities
+    WHERE namespace = ? AND name = ? AND collection = ?"""
+_ENTITY_INSERT = f"""INSERT INTO entities
+    (namespace, name, collection, revision, updated, seq, doc)
+    VALUES (?, ?, ?, 1, ?, {_NEXT_SEQ}, ?)"""
+_ENTITY_REPLACE = f"""UPDATE entities
+    SET revision = revision + 1, updated = ?, seq = {_NEXT_SEQ}, doc = ?
+    WHERE namespace = ? AND name = ? AND collection = ? AND revision = ?"""
+_ENTITY_DELETE = "DELETE FROM entities WHERE namespace = ? AND name = ? AND collection = ?"
+
+_SUBJECT_COLUMNS = "namespace, subject, uuid, key_hash, limits"
+_SUBJECT_BY_UUID = f"SELECT {_SUBJECT_COLUMNS} FROM subjects WHERE uuid = ?"
+_SUBJECT_BY_NAMESPACE = f"SELECT {_SUBJECT_COLUMNS} FROM subjects WHERE namespace = ?"
+_SUBJECT_UPSERT = f"""INSERT INTO subjects ({_SUBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (namespace) DO UPDATE SET subject = excluded.subject, uuid = excluded.uuid,
+        key_hash = excluded.key_hash, limits = excluded.limits"""
+
+
+class SqliteEntityStore(EntityStore):
+    """Entities and namespaces' credentials in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = _Database(path, "entities", ENTITY_MIGRATIONS)
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    async def start(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def get(self, collection: str, namespace: str, name: str) -> StoredEntity | None:
+        return await self._db.run("reading an entity", _entity_get, collection, namespace, name)
+
+    async def put(
+        self,
+        collection: str,
+        namespace: str,
+        name: str,
+        doc: JSONDict,
+        expected_revision: int | None,
+    ) -> StoredEntity:
+        if expected_revision is None:
+            return await self._db.run(
+                "creating an entity", _entity_create, collection, namespace, name, doc
+            )
+        return await self._db.run(
+            "replacing an entity", _entity_replace, collection, namespace, name, doc,
+            expected_revision,
+        )
+
+    async def delete(
+        self, collection: str, namespace: str, name: str, expected_revision: int | None = None
+    ) -> bool:
+        return await self._db.run(
+            "deleting an entity", _entity_delete, collection, namespace, name, expected_revision
+        )
+
+    async def list(
+        self, collection: str, namespace: str, *, skip: int = 0, limit: int = 30,
+        prefix_match: bool = False,
+    ) -> list[StoredEntity]:
+        return await self._db.run(
+            "listing entities", _entity_list, collection, namespace, skip, limit, prefix_match
+        )
+
+    async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:
+        return await self._db.run(
+            "counting entities", _entity_count, collection, namespace, prefix_match
+        )
+
+    async def get_subject(self, uuid: str) -> SubjectRecord | None:
+        return await self._db.run("reading a subject", _subject_get, _SUBJECT_BY_UUID, uuid)
+
+    async def get_subject_by_namespace(self, namespace: str) -> SubjectRecord | None:
+        return await self._db.run(
+            "reading a subject", _subject_get, _SUBJECT_BY_NAMESPACE, namespace
+        )
+
+    async def put_subject(self, record: SubjectRecord) -> None:
+        await self._db.run("writing a subject", _subject_put, record)
+
+    async def delete_subject(self, namespace: str) -> bool:
+        return await self._db.run("deleting a subject", _subject_delete, namespace)
+
+
+# The functions below run in a store's thread, with its connection.
+
+
+def _entity_get(
+    conn: sqlite3.Connection, collection: str, namespace: str, name: str
+) -> StoredEntity | None:
+    row = conn.execute(_ENTITY_GET, (namespace, name, collection)).fetchone()
+    if row is None:
+        return None
+    return StoredEntity(collection, namespace, name, row[0], _loads(row[1]))
+
+
+def _entity_create(
+    conn: sqlite3.Connection, collection: str, namespace: str, name: str, doc: JSONDict
+) -> StoredEntity:
+    try:
+        conn.execute(_ENTITY_INSERT, (namespace, name, collection, _now_ms(), _dumps(doc)))
+    except sqlite3.IntegrityError as exc:
+        # Names are unique per path across collections, as OpenWhisk's document ids are.
+        raise ConflictError(f"an entity named {namespace}/{name} already exists") from exc
+    return StoredEntity(collection, namespace, name, 1, doc)
+
+
+def _entity_replace(
+    conn: sqlite3.Connection, collection: str, namespace: str, name: str, doc: JSONDict,
+    expected_revision: int,
+) -> StoredEntity:
+    params = (_now_ms(), _dumps(doc), namespace, name, collection, expected_revision)
+    if conn.execute(_ENTITY_REPLACE, params).rowcount == 0:
+        raise ConflictError(
+            f"{collection} {namespace}/{name} is not at revision {expected_revision}"
+        )
+    return StoredEntity(collection, namespace, name, expected_revision + 1, doc)
+
+
+def _entity_delete(
+    conn: sqlite3.Connection, collection: str, namespace: str, name: str,
+    expected_revision: int | None,
+) -> bool:
+    key = (namespace, name, collection)
+    if expected_revision is None:
+        return conn.execute(_ENTITY_DELETE, key).rowcount > 0
+    with _transaction(conn):
+        row = conn.execute(_ENTITY_GET, key).fetchone()
+        if row is None:
+            return False
+        if row[0] != expected_revision:
+            raise ConflictError(
+                f"{collection} {namespace}/{name} is at revision {row[0]}, "
+                f"not {expected_revision}"
+            )
+        conn.execute(_ENTITY_DELETE, key)
+    return True
+
+
+def _entity_scope(
+    collection: str, namespace: str, prefix_match: bool
+) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause selecting a collection under a path (and below it on prefix_match)."""
+    if not prefix_match:
+        return "collection = ? AND namespace = ?", (collection, namespace)
+    # The paths below `ns` are exactly the strings in [ns + "/", ns + "0"): "0" follows "/" in
+    # byte order. Unlike LIKE, a range gives `_` and `%` in names no meaning and uses the index.
+    return (
+        "collection = ? AND (namespace = ? OR (namespace >= ? AND namespace < ?))",
+        (collection, namespace, namespace + "/", namespace + "0"),
+    )
+
+
+def _entity_list(
+    conn: sqlite3.Connection, collection: str, namespace: str, skip: int, limit: int,
+    prefix_match: bool,
+) -> list[StoredEntity]:
+    where, params = _entity_scope(collection, namespace, prefix_match)
+    rows = conn.execute(
+        f"SELECT namespace, name, revision, doc FROM entities WHERE {where} "
+        "ORDER BY updated DESC, seq DESC LIMIT ? OFFSET ?",
+        (*params, max(limit, 0), max(skip, 0)),
+    )
+    return [StoredEntity(collection, ns, name, rev, _loads(doc)) for ns, name, rev, doc in rows]
+
+
+def _entity_count(
+    conn: sqlite3.Connection, collection: str, namespace: str, prefix_match: bool
+) -> int:
+    where, params = _entity_scope(collection, namespace, prefix_match)
+    return int(conn.execute(f"SELECT count(*) FROM entities WHERE {where}", params).fetchone()[0])
+
+
+def _subject_get(conn: sqlite3.Connection, query: str, key: str) -> SubjectRecord | None:
+    row = conn.execute(query, (key,)).fetchone()
+    if row is None:
+        return None
+    namespace, subject, uuid, key_hash, limits = row
+    return SubjectRecord(namespace, subject, uuid, key_hash, _loads(limits))
+
+
+def _subject_put(conn: sqlite3.Connection, record: SubjectRecord) -> None:
+    params = (record.namespace, record.subject, record.uuid, record.key_hash,
+              _dumps(record.limits))
+    try:
+        conn.execute(_SUBJECT_UPSERT, params)
+    except sqlite3.IntegrityError as exc:
+        raise ConflictError(
+            f"key uuid {record.uuid} already belongs to another namespace"
+        ) from exc
+
+
+def _subject_delete(conn: sqlite3.Connection, namespace: str) -> bool:
+    return conn.execute("DELETE FROM subjects WHERE namespace = ?", (namespace,)).rowcount > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation store
+# ---------------------------------------------------------------------------------------------
+
+_ACTIVATION_UPSERT = """INSERT OR REPLACE INTO activations
+    (activation_id, namespace, name, path, entity_path, start_ms, end_ms, duration_ms,
+     status_code, doc)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
+class SqliteActivationStore(ActivationStore):
+    """Activation records in one SQLite file, written in batches off the event loop.
+
+    `store` only files the record in memory; a background task writes what is pending every
+    `flush_interval_s`, or as soon as `batch_size` records wait, one transaction per batch.
+    Reads see pending records at once. The store owns a record once it is handed over: callers
+    must not mutate it afterwards.
+
+    The listing's `name` filter follows OpenWhisk's activations view: `act` matches the
+    activations of the action `act` outside any package, `pkg/act` those of `act` in package
+    (or package binding) `pkg`. A bare name does not match packaged actions.
+    """
+
+    def __init__(
+        self, path: Path, *, flush_interval_s: float = 0.05, batch_size: int = 500
+    ) -> None:
+        if flush_interval_s <= 0 or batch_size < 1:
+            raise ValueError("flush_interval_s must be > 0 and batch_size >= 1")
+        self._db = _Database(path, "activations", ACTIVATION_MIGRATIONS)
+        self._interval = flush_interval_s
+        self._batch_size = batch_size
+        self._pending: dict[str, JSONDict] = {}
+        self._batch_full = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    @property
+    def pending_count(self) -> int:
+        """Records accepted but not yet written (a gauge worth exporting)."""
+        return len(self._pending)
+
+    async def start(self) -> None:
+        await self._db.open()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="squall-activation-flush")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        self._batch_full.set()  # wakes the flush loop so it sees _stopping now
+        try:
+            # A flusher cancelled by loop shutdown has nothing to finish; ours still flushes.
+            if self._flusher is not None and not self._flusher.cancelled():
+                await self._flusher
+            if self._pending:
+                await self.flush()
+        finally:
+            await self._db.close()
+
+    def store(self, record: JSONDict) -> None:
+        if self._closed:
+            raise StoreError(
+                f"SQLite activation store {self.path} is closed; activation "
+                f"{record.get('activationId')} was not stored"
+            )
+        self._pending[record["activationId"]] = record
+        if len(self._pending) >= self._batch_size:
+            self._batch_full.set()
+
+    async def flush(self) -> None:
+        # The lock makes a flush wait for one in progress, then write what that one left.
+        async with self._flush_lock:
+            snapshot = list(self._pending.values())
+            for first in range(0, len(snapshot), self._batch_size):
+                batch = snapshot[first:first + self._batch_size]
+                await self._db.run("writing activation records", _activations_write, batch)
+                self._forget(batch)
+
+    async def get(self, namespace: str, activation_id: str) -> JSONDict | None:
+        record = self._pending.get(activation_id)
+        if record is not None:
+            return dict(record) if record.get("namespace") == namespace else None
+        return await self._db.run(
+            "reading an activation", _activation_get, namespace, activation_id
+        )
+
+    async def list(self, query: ActivationQuery) -> list[JSONDict]:
+        await self._flush_pending()
+        return await self._db.run("listing activations", _activations_list, query)
+
+    async def count(self, query: ActivationQuery) -> int:
+        await self._flush_pending()
+        return await self._db.run("counting activations", _activations_count, query)
+
+    async def duration_stats(
+        self, namespace: str, path: str, since_ms: int
+    ) -> DurationStats | None:
+        """Stats over the most recent 10,000 records whose `namespace` (the invoking namespace,
+        as OpenWhisk's duration checker queries per invocation namespace) and `path`
+        annotation match, started at or after `since_ms`. Percentiles are nearest-rank."""
+        await self._flush_pending()
+        return await self._db.run(
+            "reading durations", _duration_stats, namespace, path, since_ms
+        )
+
+    async def purge_before(self, before_ms: int) -> int:
+        """Delete the records that started before `before_ms`; how many were deleted.
+
+        Runs in chunks so batched writes interleave with a long purge.
+        """
+        await self._flush_pending()
+        total = 0
+        while True:
+            deleted = await self._db.run("purging activations", _activations_purge, before_ms)
+            total += deleted
+            if deleted < PURGE_CHUNK:
+                return total
+
+    async def _flush_pending(self) -> None:
+        # Reads that query the table first write what is pending, so they see it too.
+        if self._pending:
+            await self.flush()
+
+    def _forget(self, batch: Sequence[JSONDict]) -> None:
+        for record in batch:
+            key = record["activationId"]
+            # A record stored again under the same id while this batch was written stays.
+            if self._pending.get(key) is record:
+                del self._pending[key]
+
+    async def _flush_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            await _wait(self._batch_full, self._interval)
+            self._batch_full.clear()
+            if not self._pending or self._stopping.is_set():
+                continue
+            try:
+                await self.flush()
+                failures = 0
+            except Exception:  # never let the writer die silently: log, back off, retry
+                failures += 1
+                log.exception("writing %d activation records failed; retrying",
+                              len(self._pending))
+                # Back off so a full disk does not turn into a busy loop; close still wakes us.
+                await _wait(self._stopping, min(self._interval * 2**failures, 5.0))
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait until `event` is set or `seconds` pass."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
+def _annotation(record: JSONDict, key: str) -> Any:
+    annotations = record.get("annotations")
+    if isinstance(annotations, list):
+        for item in annotations:
+            if isinstance(item, dict) and item.get("key") == key:
+                return item.get("value")
+    return None
+
+
+def _entity_path(name: str, path: str, binding: Any) -> str:
+    """What the listing's `name` filter compares with, as OpenWhisk's activations view does.
+
+    An action reached through a package binding is listed under `binding/name`, one in a
+    package under `pkg/name` (from its `path` annotation `ns/pkg/name`), any other under `name`.
+    """
+    if isinstance(binding, str):
+        parts = binding.strip("/").split("/")
+        if len(parts) >= 2:
+            return f"{parts[1]}/{name}"
+    segments = path.split("/")
+    return f"{segments[1]}/{name}" if len(segments) == 3 else name
+
+
+def _millis(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def _status_code(record: JSONDict) -> Any:
+    response = record.get("response")
+    if isinstance(response, dict) and "statusCode" in response:
+        return response["statusCode"]
+    return record.get("statusCode")
+
+
+def _activation_row(record: JSONDict) -> tuple[Any, ...]:
+    namespace = str(record.get("namespace", ""))
+    name = str(record.get("name", ""))
+    path = _annotation(record, "path")
+    if not isinstance(path, str) or not path:
+        path = f"{namespace}/{name}"  # triggers' records carry no path annotation
+    start, end = _millis(record.get("start")), _millis(record.get("end"))
+    duration = record.get("duration")
+    if not isinstance(duration, int | float):
+        duration = end - start if end else None
+    entity_path = _entity_path(name, path, _annotation(record, "binding"))
+    return (record["activationId"], namespace, name, path, entity_path, start, end, duration,
+            _status_code(record), _dumps(record))
+
+
+def _activations_write(conn: sqlite3.Connection, batch: Sequence[JSONDict]) -> None:
+    rows = []
+    for record in batch:
+        try:
+            rows.append(_activation_row(record))
+        except (TypeError, ValueError) as exc:
+            # A record that cannot be serialised would fail every batch it joins: drop it loudly.
+            log.error("dropping activation %s, which cannot be serialised: %s",
+                      record.get("activationId"), exc)
+    with _transaction(conn):
+        conn.executemany(_ACTIVATION_UPSERT, rows)
+
+
+def _activation_get(
+    conn: sqlite3.Connection, namespace: str, activation_id: str
+) -> JSONDict | None:
+    row = conn.execute(
+        "SELECT doc FROM activations WHERE activation_id = ? AND namespace = ?",
+        (activation_id, namespace),
+    ).fetchone()
+    return None if row is None else dict(_loads(row[0]))
+
+
+def _activation_filter(query: ActivationQuery) -> tuple[str, list[Any]]:
+    clauses: list[str] = ["namespace = ?"]
+    params: list[Any] = [query.namespace]
+    if query.name is not None:
+        clauses.append("entity_path = ?")
+        params.append(query.name)
+    if query.since is not None:
+        clauses.append("start_ms >= ?")
+        params.append(query.since)
+    if query.upto is not None:
+        clauses.append("start_ms <= ?")
+        params.append(query.upto)
+    return " AND ".join(clauses), params
+
+
+def _activations_list(conn: sqlite3.Connection, query: ActivationQuery) -> list[JSONDict]:
+    where, params = _activation_filter(query)
+    rows = conn.execute(
+        f"SELECT doc FROM activations WHERE {where} "
+        "ORDER BY start_ms DESC, activation_id DESC LIMIT ? OFFSET ?",
+        (*params, max(query.limit, 0), max(query.skip, 0)),
+    )
+    return [_loads(doc) for (doc,) in rows]
+
+
+def _activations_count(conn: sqlite3.Connection, query: ActivationQuery) -> int:
+    where, params = _activation_filter(query)
+    return int(conn.execute(f"SELECT count(*) FROM activations WHERE {where}", params)
+               .fetchone()[0])
+
+
+def _duration_stats(
+    conn: sqlite3.Connection, namespace: str, path: str, since_ms: int
+) -> DurationStats | None:
+    rows = conn.execute(
+        "SELECT duration_ms FROM activations WHERE path = ? AND start_ms >= ? "
+        "AND namespace = ? AND duration_ms IS NOT NULL ORDER BY start_ms DESC LIMIT ?",
+        (path, since_ms, namespace, STATS_WINDOW),
+    )
+    durations = sorted(d for (d,) in rows)
+    if not durations:
+        return None
+    return DurationStats(
+        count=len(durations),
+        average_ms=sum(durations) / len(durations),
+        p50_ms=float(_percentile(durations, 50)),
+        p99_ms=float(_percentile(durations, 99)),
+    )
+
+
+def _percentile(ordered: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile: always a duration that was observed."""
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _activations_purge(conn: sqlite3.Connection, before_ms: int) -> int:
+    # Old rows sit at the low rowids, so each chunk's scan finds its rows near the start.
+    return conn.execute(
+        "DELETE FROM activations WHERE rowid IN "
+        "(SELECT rowid FROM activations WHERE start_ms < ? LIMIT ?)",
+        (before_ms, PURGE_CHUNK),
+    ).rowcount

@@ -1,0 +1,143 @@
+"""Shared fixtures: an in-process platform, a real server process, and API clients for both."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from squall.config import InvokerSettings, Settings
+from squall.platform import Platform, build_platform
+
+GUEST_UUID = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502"
+GUEST_KEY = "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"
+GUEST_AUTH = f"{GUEST_UUID}:{GUEST_KEY}"
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip locally when a prerequisite is missing; under CI a missing one is a failure."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required for CI but missing: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(data_dir: Path, **invoker: int) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        guest_auth=GUEST_AUTH,
+        invoker=replace(InvokerSettings(), prewarm_count=1, **invoker),
+    )
+
+
+@pytest.fixture
+async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
+    instance = build_platform(make_settings(tmp_path / "data"))
+    await instance.start()
+    try:
+        yield instance
+    finally:
+        await instance.close()
+
+
+@dataclass
+class ServerProcess:
+    """A real `squall standalone` process on a free loopback port."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(
+    data_dir: Path, log_path: Path, env: dict[str, str] | None = None
+) -> ServerProcess:
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "SQUALL_GUEST_AUTH": GUEST_AUTH,
+        "SQUALL_PREWARM_COUNT": "1",
+        **(env or {}),
+    }
+    command = [sys.executable, "-m", "squall.cli.main", "standalone", "--host", "127.0.0.1",
+               "--port", str(port), "--data-dir", str(data_dir)]  # fmt: skip
+    with log_path.open("ab") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, data_dir, log_path)
+    wait_ready(server)
+    return server
+
+
+def wait_ready(server: ServerProcess, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.output()}")
+        try:
+            if httpx.get(server.url + "/ping", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    stop_server(server)
+    raise RuntimeError(f"server not ready in {timeout_s}s:\n{server.output()}")
+
+
+def stop_server(server: ServerProcess) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    base = tmp_path_factory.mktemp("server")
+    instance = start_server(base / "data", base / "server.log")
+    try:
+        yield instance
+    finally:
+        stop_server(instance)
+
+
+@pytest.fixture(params=["in-process", "server"])
+async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """An API client, once against an in-process platform and once against a real server."""
+    auth = (GUEST_UUID, GUEST_KEY)
+    if request.param == "in-process":
+        instance = build_platform(make_settings(tmp_path / "data"))
+        await instance.start()
+        transport = httpx.ASGITransport(app=instance.app)
+        try:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://squall", auth=auth, timeout=30
+            ) as client:
+                yield client
+        finally:
+            await instance.close()
+    else:
+        srv: ServerProcess = request.getfixturevalue("server")
+        async with httpx.AsyncClient(base_url=srv.url, auth=auth, timeout=30) as client:
+            yield client

@@ -1,0 +1,86 @@
+// Drives a running Squall with the official OpenWhisk JavaScript client (npm "openwhisk").
+// Prints one JSON line per step; exits non-zero on the first failure.
+const openwhisk = require("openwhisk");
+const assert = require("assert");
+
+const ow = openwhisk({ apihost: process.env.APIHOST, api_key: process.env.AUTH, namespace: "_" });
+const name = "jsclient-hello-" + Date.now();
+const code = [
+  "def main(args):",
+  "    print('hello from', args.get('name', 'nobody'))",
+  "    return {'greeting': 'Hello ' + args.get('name', 'stranger')}",
+].join("\n");
+
+function step(label, data) {
+  console.log(JSON.stringify({ step: label, data }));
+}
+
+async function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function pollActivation(id) {
+  for (let i = 0; i < 100; i++) {
+    try {
+      return await ow.activations.get({ name: id });
+    } catch (err) {
+      if (err.statusCode !== 404) throw err;
+      await sleep(100);
+    }
+  }
+  throw new Error("activation " + id + " never appeared");
+}
+
+async function main() {
+  const created = await ow.actions.create({ name, action: code, kind: "python:3" });
+  assert.strictEqual(created.name, name);
+  assert.strictEqual(created.version, "0.0.1");
+  step("create", created.name);
+
+  const got = await ow.actions.get({ name });
+  assert.strictEqual(got.exec.kind, "python:3");
+  assert.ok(got.exec.code.includes("def main"));
+  step("get", got.exec.kind);
+
+  const list = await ow.actions.list();
+  assert.ok(list.some((a) => a.name === name), "created action is listed");
+  step("list", list.length);
+
+  const result = await ow.actions.invoke({ name, params: { name: "Squall" }, blocking: true, result: true });
+  assert.deepStrictEqual(result, { greeting: "Hello Squall" });
+  step("invoke-result", result);
+
+  const accepted = await ow.actions.invoke({ name, params: { name: "async" } });
+  assert.match(accepted.activationId, /^[0-9a-f]{32}$/);
+  step("invoke-async", accepted.activationId);
+
+  const activation = await pollActivation(accepted.activationId);
+  assert.strictEqual(activation.response.success, true);
+  assert.deepStrictEqual(activation.response.result, { greeting: "Hello async" });
+  step("activation", activation.activationId);
+
+  const logs = await ow.activations.logs({ name: accepted.activationId });
+  assert.ok(logs.logs.some((l) => l.includes("stdout: hello from async")), JSON.stringify(logs));
+  step("logs", logs.logs);
+
+  const activations = await ow.activations.list({ name });
+  assert.ok(activations.some((a) => a.activationId === accepted.activationId));
+  step("activation-list", activations.length);
+
+  await ow.actions.delete({ name });
+  try {
+    await ow.actions.get({ name });
+    throw new Error("deleted action is still there");
+  } catch (err) {
+    assert.strictEqual(err.statusCode, 404);
+  }
+  step("delete", name);
+}
+
+main().then(
+  () => step("done", true),
+  (err) => {
+    console.error(err && err.stack ? err.stack : err);
+    process.exit(1);
+  },
+);
