@@ -140,6 +140,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def validate(settings: Settings) -> None:
     """Raise one ConfigurationError listing every problem found."""
     problems: list[str] = []
+    if not settings.host.strip():
+        problems.append("the listen address is empty; set SQUALL_HOST or --host (e.g. 127.0.0.1)")
     if not 0 < settings.port < 65536:
         problems.append(
             f"port {settings.port} is out of range; use 1-65535 (SQUALL_PORT or --port)"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
+import signal
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -30,13 +34,28 @@ def server_config(platform: Platform) -> uvicorn.Config:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its own shutdown, which would kill the process before
+    the platform flushes its batched activation records; Squall owns the signals instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+
+
 async def serve(settings: Settings) -> None:
     """Start every component, serve until SIGINT/SIGTERM, then stop cleanly."""
     platform = build_platform(settings)
     await platform.start()
     try:
         announce(platform)
-        server = uvicorn.Server(server_config(platform))
+        server = _Server(server_config(platform))
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, server.request_exit)
         await server.serve()
     finally:
         await platform.close()

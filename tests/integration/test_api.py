@@ -58,6 +58,7 @@ async def test_authentication_is_required(api: httpx.AsyncClient) -> None:
     for auth in [None, ("nobody", "nokey"), (str(uuid.uuid4()), "x" * 64)]:
         response = await api.get("/api/v1/namespaces/_/actions", auth=auth)  # type: ignore[arg-type]
         assert_error(response, 401)
+
     def garbled(request: httpx.Request) -> httpx.Request:
         request.headers["Authorization"] = "Basic !!!"
         return request
@@ -422,3 +423,59 @@ async def test_concurrent_blocking_invokes(api: httpx.AsyncClient) -> None:
         *[invoke(api, name, {"n": i}, blocking="true", result="true") for i in range(40)]
     )
     assert sorted(r.json()["n"] for r in responses) == list(range(40))
+
+
+async def test_memory_limit(api: httpx.AsyncClient) -> None:
+    name = unique()
+    code = (
+        "def main(args):\n    blob = bytearray(400 * 1024 * 1024)\n    return {'size': len(blob)}\n"
+    )
+    await create(api, name, code=code, limits={"memory": 128})
+    response = await invoke(api, name, blocking="true")
+    assert response.status_code == 502, response.text
+    assert response.json()["response"]["result"] == {
+        "error": "The action exhausted its memory and was aborted."
+    }
+    # Within its limit the same action works: the limit is the action's, not the platform's.
+    await api.put(
+        f"/api/v1/namespaces/_/actions/{name}",
+        params={"overwrite": "true"},
+        json={"exec": {"kind": "python:3", "code": code.replace("400", "50")}},
+    )
+    assert (await invoke(api, name, blocking="true", result="true")).json() == {
+        "size": 50 * 1024 * 1024
+    }
+
+
+async def test_log_limit_truncates_with_a_note(api: httpx.AsyncClient) -> None:
+    name = unique()
+    code = "def main(args):\n    for i in range(50000):\n        print(i, 'x' * 40)\n    return {}"
+    await create(api, name, code=code, limits={"logs": 1})
+    record = (await invoke(api, name, blocking="true")).json()
+    assert record["response"]["success"] is True
+    assert (
+        "Logs were truncated because the total bytes size exceeds the limit of 1048576 bytes."
+        in record["logs"][-1]
+    )
+    # The limit counts what the action wrote, not the timestamps and stream names added to it.
+    written = sum(len(line.split(": ", 1)[1]) for line in record["logs"][:-1])
+    assert 1024 * 1024 - 200 < written <= 1024 * 1024
+
+
+async def test_invoke_context_reaches_the_action(api: httpx.AsyncClient) -> None:
+    name = unique()
+    code = (
+        "import os\n"
+        "def main(args):\n"
+        "    return {k: os.environ.get(k) for k in ('__OW_ACTIVATION_ID', '__OW_ACTION_NAME',\n"
+        "            '__OW_NAMESPACE', '__OW_API_KEY', '__OW_DEADLINE', '__OW_API_HOST')}\n"
+    )
+    await create(api, name, code=code)
+    record = (await invoke(api, name, blocking="true")).json()
+    seen = record["response"]["result"]
+    assert seen["__OW_ACTIVATION_ID"] == record["activationId"]
+    assert seen["__OW_ACTION_NAME"] == f"/guest/{name}"
+    assert seen["__OW_NAMESPACE"] == "guest"
+    assert seen["__OW_API_KEY"] is not None and ":" in seen["__OW_API_KEY"]
+    assert int(seen["__OW_DEADLINE"]) > record["start"]
+    assert seen["__OW_API_HOST"].startswith("http://")
