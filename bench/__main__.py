@@ -1,0 +1,154 @@
+"""`python -m bench`: the full benchmark; `python -m bench --smoke`: a short run that only
+proves the harness works (no timing is asserted).
+
+The full run writes bench/results/latest.json and regenerates BENCHMARKS.md; the smoke run
+writes to a temporary file unless --out is given. Exit code 1 when a phase failed or (smoke)
+produced no usable numbers; a figure missing its target is reported, not an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from bench import machine, report, targets
+from bench.scenarios import FULL, PHASES, SMOKE, Plan
+
+QUIET_PCT = 10.0  # system-wide CPU % below which the machine counts as idle
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="short run, asserts no timings")
+    parser.add_argument("--out", type=Path, help="where to write the results JSON")
+    parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
+    parser.add_argument(
+        "--only", action="append", choices=sorted(PHASES), help="run only these phases"
+    )
+    parser.add_argument("--no-report", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        help="seconds to wait for an idle machine first (default: 120 full, 0 smoke)",
+    )
+    return parser.parse_args(argv)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT (even if inherited as ignored) unwind like Ctrl-C, so every server
+    is stopped by its `finally`."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def background_cpu_pct(seconds: float = 0.5) -> float:
+    """System-wide CPU use while none of our servers runs: other work on the machine."""
+    return float(psutil.cpu_percent(interval=seconds))
+
+
+def wait_until_quiet(max_wait_s: float, threshold_pct: float = QUIET_PCT) -> float:
+    """Wait (bounded) for the machine to be idle; the last busy percentage measured."""
+    deadline = time.monotonic() + max_wait_s
+    busy = background_cpu_pct(1.0)
+    while busy > threshold_pct and time.monotonic() < deadline:
+        print(f"[bench] machine busy ({busy:.0f}% CPU); waiting ...", file=sys.stderr)
+        busy = background_cpu_pct(2.0)
+    if busy > threshold_pct:
+        print(
+            f"[bench] warning: machine still busy ({busy:.0f}% CPU): figures will be noisy",
+            file=sys.stderr,
+        )
+    return busy
+
+
+def run_phases(plan: Plan, only: list[str] | None) -> dict[str, Any]:
+    results: dict[str, Any] = {"errors": {}, "phase_seconds": {}, "background_cpu_pct": {}}
+    for name, phase in PHASES.items():
+        if only and name not in only:
+            continue
+        results["background_cpu_pct"][name] = background_cpu_pct()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            results[name] = phase(plan)
+        except Exception as exc:
+            traceback.print_exc()
+            results["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+        results["phase_seconds"][name] = round(time.monotonic() - started, 1)
+    return results
+
+
+def smoke_problems(results: dict[str, Any]) -> list[str]:
+    """What makes a run unusable: failed phases, errors under load, failed invocations."""
+    problems = [f"phase {k}: {v}" for k, v in results.get("errors", {}).items()]
+    for path in (
+        ("warm", "latency", "baseline"), ("warm", "latency", "squall"),
+        ("warm", "throughput", "baseline"), ("warm", "throughput", "squall"),
+    ):  # fmt: skip
+        run = targets.dig(results, path)
+        if run is not None and (not run.get("requests") or run.get("errors")):
+            problems.append(
+                f"{'/'.join(path)}: {run.get('requests')} requests, "
+                f"{run.get('errors')} errors ({run.get('first_error')})"
+            )
+    for key in ("cold_steady", "cold_burst", "cold_no_prewarm", "memory"):
+        phase = results.get(key)
+        if phase is not None and phase.get("failed"):
+            problems.append(f"{key}: {phase['failed']} invocations failed")
+    return problems
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return Path(args.out)
+    if args.smoke or args.only:  # a partial run never replaces the full results
+        return Path(tempfile.mkdtemp(prefix="squall-bench-partial-")) / "results.json"
+    return report.RESULTS
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    plan = dataclasses.replace(plan, use_wrk=not args.no_wrk)
+    stop_on_signals()
+    results: dict[str, Any] = {"schema": 1, "machine": machine.describe(), "plan": plan.to_json()}
+    wait_s = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.smoke else 120.0)
+    results["cpu_busy_pct_at_start"] = wait_until_quiet(wait_s)
+    results.update(run_phases(plan, args.only))
+    results["checks"] = targets.evaluate(results)
+    out = output_path(args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    print(f"[bench] results: {out}", file=sys.stderr)
+    if not args.smoke and not args.only and not args.no_report:
+        report.regenerate(out, report.MARKDOWN)
+        print(f"[bench] report: {report.MARKDOWN}", file=sys.stderr)
+    print(report.summary_text(results))
+    problems = smoke_problems(results)
+    for problem in problems:
+        print(f"[bench] problem: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("[bench] interrupted; servers stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,349 @@
+"""Renders bench/results/latest.json into BENCHMARKS.md, between the results markers; the
+hand-written part above them is kept as it is.
+
+    python -m bench.report [--results bench/results/latest.json] [--markdown BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.targets import dig, evaluate
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
+MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+HEADER = """# Benchmarks
+
+Hand-written above the results markers; everything between them is regenerated from
+`bench/results/latest.json` by `python -m bench.report` (which `python -m bench` runs).
+
+## How to run
+
+```sh
+make bench         # .venv/bin/python -m bench: full run (~1 min, after waiting up to 2 min for
+                   # an idle machine), writes bench/results/latest.json and regenerates the
+                   # results section of this file
+make bench-smoke   # .venv/bin/python -m bench --smoke: < 1 min, proves the harness works,
+                   # asserts no timings, writes to a temp dir (or --out PATH)
+.venv/bin/python -m bench.report   # re-render this file from bench/results/latest.json
+```
+
+Throughput uses `wrk` when it is on PATH (`apt-get install -y wrk`), with `bench/wrk_post.lua`
+for the POST body and Authorization header; without it, two `bench.loadgen` processes.
+Every server binds 127.0.0.1 on a free port with a temporary data dir and is stopped at the end,
+also on Ctrl-C.
+
+## Machine
+
+The reference machine is the project's standard 2-core, 24 GiB Linux box (the same for
+developers and CI). The load generator shares those two cores with the server under test, for
+Squall and the baseline alike; compare ratios rather than absolute numbers across machines.
+The exact machine of the last run is listed in the generated section below.
+
+"""
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def verdict(passed: bool | None) -> str:
+    return {True: "**pass**", False: "**MISS**", None: "not measured"}[passed]
+
+
+def targets_section(results: dict[str, Any]) -> list[str]:
+    rows = [
+        (
+            c["label"], fmt(c["value"]) + " " + c["unit"], f"{c['op']} {fmt(c['target'])}",
+            verdict(c["passed"]), fmt(c["baseline"]), fmt(c["ratio_to_baseline"]) + "x"
+            if c["ratio_to_baseline"] is not None else "-",
+        )
+        for c in results.get("checks", [])
+    ]  # fmt: skip
+    headers = ("Figure", "Measured", "Target", "Result", "Baseline", "Squall ÷ baseline")
+    return ["### Targets", "", *table(headers, rows)]
+
+
+def latency_row(name: str, r: dict[str, Any] | None) -> list[Any]:
+    r = r or {}
+    lat, cpu = r.get("latency", {}), r.get("cpu", {})
+    keys = ("p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms", "mean_ms")
+    return [
+        name, r.get("requests"), r.get("errors"), *(lat.get(k) for k in keys),
+        cpu.get("main_cpu_us_per_op"), cpu.get("tree_cpu_us_per_op"),
+    ]  # fmt: skip
+
+
+def latency_section(results: dict[str, Any]) -> list[str]:
+    lat = dig(results, ("warm", "latency")) or {}
+    plan = results.get("plan", {})
+    headers = (
+        "Server", "Requests", "Errors", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+        "mean ms", "CPU µs/op (server)", "CPU µs/op (server+sandboxes)",
+    )  # fmt: skip
+    rows = [
+        latency_row("baseline: GET / (hello world)", lat.get("baseline")),
+        latency_row("Squall: POST blocking invoke", lat.get("squall")),
+    ]
+    intro = (
+        f"One keep-alive connection (http.client, `perf_counter_ns`) in its own process, "
+        f"{fmt(plan.get('latency_warmup'))} warm-up requests, then "
+        f"{fmt(plan.get('latency_count'))} measured. Squall's record is persisted by the "
+        f"platform (read back through the API: {fmt(dig(results, ('warm', 'record_persisted')))})."
+    )
+    return ["### Warm invoke latency (concurrency 1)", "", intro, "", *table(headers, rows)]
+
+
+def throughput_row(name: str, r: dict[str, Any] | None, base_rps: Any) -> list[Any]:
+    r = r or {}
+    lat, cpu = r.get("latency", {}), r.get("cpu", {})
+    rps = r.get("requests_per_s")
+    share = round(rps / base_rps, 3) if rps and base_rps else None
+    return [
+        name, r.get("tool"), r.get("connections"), r.get("elapsed_s"), rps, share,
+        lat.get("p50_ms"), lat.get("p90_ms"), lat.get("p99_ms"), r.get("errors"),
+        cpu.get("main_cpu_us_per_op"), cpu.get("tree_cpu_us_per_op"),
+    ]  # fmt: skip
+
+
+def throughput_section(results: dict[str, Any]) -> list[str]:
+    thr = dig(results, ("warm", "throughput")) or {}
+    base_rps = dig(thr, ("baseline", "requests_per_s"))
+    headers = (
+        "Server", "Tool", "Clients", "Seconds", "req/s", "÷ baseline", "p50 ms", "p90 ms",
+        "p99 ms", "Errors", "CPU µs/op (server)", "CPU µs/op (server+sandboxes)",
+    )  # fmt: skip
+    rows = [
+        throughput_row("baseline: GET /", thr.get("baseline"), base_rps),
+        throughput_row("Squall: POST blocking invoke", thr.get("squall"), base_rps),
+    ]
+    return ["### Throughput", "", *table(headers, rows)]
+
+
+COLD = (
+    ("cold_steady", "stem cells refilled (pause between)"),
+    ("cold_burst", "back-to-back burst"),
+    ("cold_no_prewarm", "SQUALL_PREWARM_COUNT=0"),
+)
+
+
+def cold_row(label: str, r: dict[str, Any] | None) -> list[Any]:
+    r = r or {}
+    client, init = r.get("client", {}), r.get("init_time", {})
+    cpu = r.get("cpu", {})
+    tree = cpu.get("tree_cpu_us_per_op")
+    return [
+        label, (r.get("settings") or {}).get("SQUALL_PREWARM_COUNT", "2 (default)"),
+        fmt(r.get("pause_s", 0) * 1000, 0), r.get("invocations"), r.get("cold"), r.get("failed"),
+        client.get("p50_ms"), client.get("p90_ms"), client.get("max_ms"), init.get("p50_ms"),
+        dig(r, ("wait_time", "p50_ms")), tree / 1000 if tree is not None else None,
+    ]  # fmt: skip
+
+
+def cold_section(results: dict[str, Any]) -> list[str]:
+    headers = (
+        "Scenario", "Prewarm", "Pause ms", "Invokes", "Cold (has initTime)", "Failed",
+        "client p50 ms", "client p90 ms", "client max ms", "initTime p50 ms",
+        "waitTime p50 ms", "CPU ms/op (server+sandboxes)",
+    )  # fmt: skip
+    rows = [cold_row(label, results.get(key)) for key, label in COLD]
+    intro = (
+        "First blocking invoke of each of a set of freshly created actions (default memory, "
+        "so a stem cell fits), one fresh server per scenario, after one uncounted cold start. "
+        "Client-observed latency on a keep-alive connection; `initTime`/`waitTime` are the "
+        "record's annotations (whole milliseconds)."
+    )
+    return ["### Cold start", "", intro, "", *table(headers, rows)]
+
+
+def memory_rows(results: dict[str, Any]) -> list[list[Any]]:
+    mem = results.get("memory") or {}
+    warm = results.get("warm") or {}
+    rows = []
+    for label, m in (
+        ("idle platform, no sandbox (prewarm 0)", mem.get("empty")),
+        (f"{fmt(dig(mem, ('loaded', 'sandbox_count')))} warm sandboxes, 128 MB each",
+         mem.get("loaded")),
+        ("stem cells only (default prewarm)", warm.get("stem_cells_memory")),
+        ("after the warm throughput run", warm.get("memory_after_throughput")),
+    ):  # fmt: skip
+        m = m or {}
+        zyg = m.get("zygotes") or [{}]
+        rows.append([
+            label, dig(m, ("main", "rss_mib")), zyg[0].get("rss_mib"), m.get("sandbox_count"),
+            dig(m, ("sandbox_uss_mib", "p50")), dig(m, ("sandbox_uss_mib", "max")),
+            dig(m, ("sandbox_pss_mib", "p50")), dig(m, ("sandbox_rss_mib", "p50")),
+            m.get("total_rss_mib"), m.get("total_pss_mib"),
+        ])  # fmt: skip
+    return rows
+
+
+def memory_section(results: dict[str, Any]) -> list[str]:
+    headers = (
+        "State", "Platform RSS MiB", "Zygote RSS MiB", "Sandboxes", "Sandbox USS p50 MiB",
+        "Sandbox USS max MiB", "Sandbox PSS p50 MiB", "Sandbox RSS p50 MiB",
+        "Total RSS MiB (sum)", "Total PSS MiB",
+    )  # fmt: skip
+    mem = results.get("memory") or {}
+    intro = (
+        f"psutil `memory_full_info()`; sandboxes are the zygote's children. The loaded state "
+        f"invoked {fmt(mem.get('invoked'))} actions once each in "
+        f"{fmt(mem.get('invoke_elapsed_s'))} s ({fmt(mem.get('failed'))} failed). The RSS sum "
+        "counts pages shared between the forked processes once per process; the PSS total "
+        "splits them and is the platform's real footprint."
+    )
+    return ["### Memory", "", intro, "", *table(headers, memory_rows(results))]
+
+
+def settings_section(results: dict[str, Any]) -> list[str]:
+    rows = []
+    for key in ("warm", "cold_steady", "cold_burst", "cold_no_prewarm", "memory"):
+        settings = dig(results, (key, "settings")) or {}
+        rows.append([
+            key, ", ".join(f"`{k}={v}`" for k, v in sorted(settings.items())),
+            dig(results, ("phase_seconds", key)), dig(results, ("background_cpu_pct", key)),
+        ])  # fmt: skip
+    headers = ("Scenario", "Server environment", "Phase s", "Other CPU use before it %")
+    intro = (
+        "Each scenario gets fresh servers. 'Other CPU use' is the machine's CPU use measured "
+        "for 0.5 s before the phase, while none of the harness's servers ran: anything well "
+        "above 0 means other work shared the machine and the figures are noisy. At the start: "
+        f"{fmt(results.get('cpu_busy_pct_at_start'))} %."
+    )
+    return ["### Server settings and run conditions", "", intro, "", *table(headers, rows)]
+
+
+def machine_section(results: dict[str, Any]) -> list[str]:
+    m = results.get("machine", {})
+    pkgs = ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items())
+    rows = [
+        ("Date (UTC)", m.get("date")), ("CPU", m.get("cpu_model")),
+        ("Cores", f"{m.get('logical_cores')} logical / {m.get('physical_cores')} physical"),
+        ("RAM", f"{m.get('ram_gib')} GiB"), ("Kernel", m.get("kernel")),
+        ("Python", f"{m.get('python')} ({m.get('python_implementation')})"),
+        ("Packages", pkgs), ("wrk", m.get("wrk") or "not installed (Python load generator)"),
+    ]  # fmt: skip
+    return ["### Machine of this run", "", *table(("", "Value"), rows)]
+
+
+def misses_section(results: dict[str, Any]) -> list[str]:
+    lines = ["### Misses and errors", ""]
+    for c in results.get("checks", []):
+        if c["passed"] is False:
+            lines.append(
+                f"- **{c['label']}**: {fmt(c['value'])} {c['unit']} misses the target "
+                f"{c['op']} {fmt(c['target'])} {c['unit']}."
+            )
+        elif c["passed"] is None:
+            lines.append(f"- **{c['label']}**: not measured in this run.")
+    for phase, message in (results.get("errors") or {}).items():
+        lines.append(f"- phase `{phase}` failed: `{message}`")
+    if len(lines) == 2:
+        lines.append("None: every figure meets its target.")
+    return [*lines, ""]
+
+
+def notes_section(results: dict[str, Any]) -> list[str]:
+    tool = dig(results, ("warm", "throughput", "squall", "tool")) or "-"
+    return [
+        "### How these figures are made",
+        "",
+        "- Baseline: `bench/baseline_app.py`, a hello-world JSON route on Squall's own stack "
+        "(uvicorn, httptools, uvloop, Starlette, one worker, no access log), its own process.",
+        "- Squall: `squall standalone` with a temporary data dir; the trivial action "
+        "`def main(args): return {'ok': True}`, 128 MB, invoked with "
+        "`POST .../actions/NAME?blocking=true` and body `{}`; its activation record is stored "
+        "by the platform as usual.",
+        f"- Throughput tool this run: {tool}. The load generator and the server share the "
+        "machine's cores, for the baseline and Squall alike.",
+        "- CPU per operation: user+system CPU time of the server process (and of the process "
+        "plus its zygote and sandboxes) over the measured part only, divided by the requests; "
+        "Linux counts it in 10 ms ticks, so small runs are coarse.",
+        "- The tenant quota of invocations per minute (default 60, as in OpenWhisk) is lifted "
+        "in every scenario: it is a policy limit, not a cost. Other settings are listed below.",
+        "- Memory is in MiB; the 15 MB sandbox target is read as 15 MiB.",
+        "",
+    ]
+
+
+def render(results: dict[str, Any]) -> str:
+    mode = "smoke (not a measurement)" if results.get("plan", {}).get("smoke") else "full"
+    lines = [
+        "## Results",
+        "",
+        f"Generated by `python -m bench.report` from `bench/results/latest.json`: run of "
+        f"{results.get('machine', {}).get('date')}, mode {mode}.",
+        "",
+    ]
+    for section in (
+        targets_section, misses_section, latency_section, throughput_section, cold_section,
+        memory_section, notes_section, settings_section, machine_section,
+    ):  # fmt: skip
+        lines += section(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def splice(existing: str | None, generated: str) -> str:
+    """Replace what lies between the markers; a file without them gets the header template."""
+    block = f"{START}\n{generated}{END}\n"
+    if existing is None or START not in existing or END not in existing:
+        return (existing.rstrip() + "\n\n" if existing else HEADER) + block
+    head, _, rest = existing.partition(START)
+    _, _, tail = rest.partition(END)
+    return head + block + tail.lstrip("\n")
+
+
+def regenerate(results_path: Path = RESULTS, markdown_path: Path = MARKDOWN) -> None:
+    results = json.loads(results_path.read_text())
+    results["checks"] = evaluate(results)  # the stored figures against the current targets
+    existing = markdown_path.read_text() if markdown_path.exists() else None
+    markdown_path.write_text(splice(existing, render(results)))
+
+
+def summary_text(results: dict[str, Any]) -> str:
+    lines = []
+    for c in results.get("checks", []):
+        base = f" (baseline {fmt(c['baseline'])}, x{fmt(c['ratio_to_baseline'])})"
+        lines.append(
+            f"{verdict(c['passed']).strip('*'):>12}  {c['label']}: {fmt(c['value'])} {c['unit']} "
+            f"(target {c['op']} {fmt(c['target'])})" + (base if c["baseline"] is not None else "")
+        )
+    for phase, message in (results.get("errors") or {}).items():
+        lines.append(f"       ERROR  phase {phase}: {message}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--markdown", type=Path, default=MARKDOWN)
+    args = parser.parse_args(argv)
+    regenerate(args.results, args.markdown)
+    print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""The measurements: warm latency and throughput beside the baseline, cold starts, memory."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench import throughput
+from bench.api import ACTIONS, Invocation, SquallClient
+from bench.loadgen import LoadgenProcess, Target
+from bench.procinfo import cpu_per_op, cpu_snapshot, tree_memory
+from bench.servers import HOST, Server, baseline_server, squall_server
+from bench.stats import summarize_ms
+
+WARM_ACTION = "bench-hello"
+SETTLE_S = 1.0  # lets stem cells fill before cold starts and sandboxes go idle before memory
+
+# The tenant's invocations-per-minute quota (OpenWhisk's default 60) is a policy, not a cost:
+# lifted everywhere so the figures show what the platform can do.
+UNTHROTTLED = {"SQUALL_LIMITS_INVOCATIONS_PER_MINUTE": "100000000"}
+# Cold starts and memory leave one parked container per action: room for all of them, so no
+# measurement includes evicting an idle container or waiting on the namespace's concurrency.
+ROOMY = {
+    **UNTHROTTLED,
+    "SQUALL_USER_MEMORY_MB": "20000",
+    "SQUALL_LIMITS_CONCURRENT_INVOCATIONS": "1000",
+}
+SETTINGS = {
+    "warm": dict(UNTHROTTLED),
+    "cold_steady": dict(ROOMY),
+    "cold_burst": dict(ROOMY),
+    "cold_no_prewarm": {**ROOMY, "SQUALL_PREWARM_COUNT": "0"},
+    "memory": {**ROOMY, "SQUALL_PREWARM_COUNT": "0"},
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything one run does; every loop is bounded by these."""
+
+    smoke: bool
+    latency_warmup: int
+    latency_count: int
+    latency_max_s: float
+    connections: int
+    throughput_s: float
+    throughput_warmup_s: float
+    cold_actions: int
+    cold_pause_s: float
+    memory_actions: int
+    phase_max_s: float
+    use_wrk: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL = Plan(False, 500, 5000, 60.0, 32, 8.0, 2.0, 30, 0.05, 100, 300.0)
+SMOKE = Plan(True, 20, 200, 10.0, 8, 1.0, 0.5, 3, 0.05, 5, 30.0)
+
+
+# -- warm: latency and throughput, Squall beside the baseline ---------------------------------
+
+
+def latency(server: Server, target: Target, plan: Plan) -> dict[str, Any]:
+    """Concurrency 1 from a separate loadgen process; CPU measured around the run only."""
+    argv = [
+        "latency", "--host", target.host, "--port", str(target.port),
+        "--method", target.method, "--path", target.path, "--body", target.body.decode(),
+        "--warmup", str(plan.latency_warmup), "--count", str(plan.latency_count),
+        "--max-seconds", str(plan.latency_max_s),
+    ]  # fmt: skip
+    with LoadgenProcess(argv, target.auth) as gen:
+        gen.wait_ready(plan.latency_max_s + 30)
+        main = server.process()
+        before = cpu_snapshot(main)
+        gen.go()
+        result = gen.result(plan.latency_max_s + 30)
+        after = cpu_snapshot(main)
+    result["cpu"] = cpu_per_op(before, after, result["requests"] + result["errors"])
+    return result
+
+
+def prepare_warm_action(server: Server) -> Invocation:
+    client = SquallClient(server)
+    try:
+        client.put_action(WARM_ACTION, memory_mb=128)
+        first = client.invoke(WARM_ACTION)
+    finally:
+        client.close()
+    if not first.succeeded:
+        raise RuntimeError(f"the trivial action failed: {first.record.get('response')}")
+    return first
+
+
+def record_persisted(server: Server, activation_id: str) -> bool:
+    """The activation record is readable back through the API."""
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    headers = SquallClient.auth_headers(server)
+    try:
+        for _ in range(50):  # the store may write behind: up to ~1 s
+            conn.request("GET", f"/api/v1/namespaces/_/activations/{activation_id}", None, headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status == 200:
+                return True
+            time.sleep(0.02)
+        return False
+    finally:
+        conn.close()
+
+
+def phase_warm(plan: Plan) -> dict[str, Any]:
+    out: dict[str, Any] = {"settings": SETTINGS["warm"]}
+    with baseline_server() as base, squall_server(SETTINGS["warm"]) as squall:
+        out["stem_cells_memory"] = tree_memory(squall.process())
+        first = prepare_warm_action(squall)
+        out["record_persisted"] = record_persisted(squall, first.record["activationId"])
+        base_target = Target(HOST, base.port, "GET", "/")
+        path = f"{ACTIONS}/{WARM_ACTION}?blocking=true"
+        squall_target = Target(HOST, squall.port, "POST", path, b"{}", squall.auth)
+        out["latency"] = {
+            "baseline": latency(base, base_target, plan),
+            "squall": latency(squall, squall_target, plan),
+        }
+        out["memory_after_latency"] = tree_memory(squall.process())
+        out["throughput"] = {
+            name: measure_throughput(server, target, plan)
+            for name, server, target in (
+                ("baseline", base, base_target),
+                ("squall", squall, squall_target),
+            )
+        }
+        out["memory_after_throughput"] = tree_memory(squall.process())
+    return out
+
+
+def measure_throughput(server: Server, target: Target, plan: Plan) -> dict[str, Any]:
+    return throughput.measure(
+        server,
+        target,
+        plan.connections,
+        plan.throughput_s,
+        plan.throughput_warmup_s,
+        plan.use_wrk,
+    )
+
+
+# -- cold starts -------------------------------------------------------------------------------
+
+
+def invoke_each(
+    client: SquallClient, names: list[str], pause_s: float, max_s: float
+) -> list[Invocation]:
+    calls: list[Invocation] = []
+    deadline = time.monotonic() + max_s
+    for name in names:
+        calls.append(client.invoke(name))
+        if time.monotonic() > deadline:
+            break
+        if pause_s:
+            time.sleep(pause_s)
+    return calls
+
+
+def summarize_cold(calls: list[Invocation]) -> dict[str, Any]:
+    inits = [c.annotation("initTime") for c in calls]
+    waits = [c.annotation("waitTime") for c in calls]
+    return {
+        "invocations": len(calls),
+        "cold": sum(1 for i in inits if i is not None),
+        "failed": sum(1 for c in calls if not c.succeeded),
+        "client": summarize_ms([c.client_ms for c in calls]),
+        "init_time": summarize_ms([float(i) for i in inits if i is not None]),
+        "wait_time": summarize_ms([float(w) for w in waits if w is not None]),
+        "duration": summarize_ms([float(c.record.get("duration", 0)) for c in calls]),
+    }
+
+
+def phase_cold(plan: Plan, label: str, pause_s: float) -> dict[str, Any]:
+    """Invoke `plan.cold_actions` fresh actions once each (default memory: stem cells fit)."""
+    settings = SETTINGS[label]
+    with squall_server(settings) as squall:
+        client = SquallClient(squall)
+        try:
+            client.put_action(f"{label}-first")
+            client.invoke(f"{label}-first")  # one-time costs of a fresh server, not counted
+            names = [f"{label}-{i}" for i in range(plan.cold_actions)]
+            for name in names:
+                client.put_action(name)
+            time.sleep(SETTLE_S)
+            main = squall.process()
+            before = cpu_snapshot(main)
+            calls = invoke_each(client, names, pause_s, plan.phase_max_s)
+            after = cpu_snapshot(main)
+        finally:
+            client.close()
+    result = summarize_cold(calls)
+    result.update(settings=settings, pause_s=pause_s, cpu=cpu_per_op(before, after, len(calls)))
+    return result
+
+
+# -- memory: an idle platform, then N warm sandboxes -----------------------------------------
+
+
+def phase_memory(plan: Plan) -> dict[str, Any]:
+    settings = SETTINGS["memory"]
+    with squall_server(settings) as squall:
+        main = squall.process()
+        empty = tree_memory(main)
+        client = SquallClient(squall)
+        try:
+            names = [f"mem-{i}" for i in range(plan.memory_actions)]
+            for name in names:
+                client.put_action(name, memory_mb=128)
+            started = time.monotonic()
+            calls = invoke_each(client, names, 0.0, plan.phase_max_s)
+            elapsed = time.monotonic() - started
+        finally:
+            client.close()
+        time.sleep(SETTLE_S)
+        loaded = tree_memory(main)
+    return {
+        "settings": settings,
+        "actions": len(names),
+        "invoked": len(calls),
+        "failed": sum(1 for c in calls if not c.succeeded),
+        "invoke_elapsed_s": round(elapsed, 2),
+        "empty": empty,
+        "loaded": loaded,
+    }
+
+
+PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
+    "warm": phase_warm,
+    "cold_steady": lambda plan: phase_cold(plan, "cold_steady", plan.cold_pause_s),
+    "cold_burst": lambda plan: phase_cold(plan, "cold_burst", 0.0),
+    "cold_no_prewarm": lambda plan: phase_cold(plan, "cold_no_prewarm", plan.cold_pause_s),
+    "memory": phase_memory,
+}

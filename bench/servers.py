@@ -1,0 +1,193 @@
+"""Start and stop the servers under test: each its own process group, on a free loopback port,
+with a temporary data dir, always stopped (SIGTERM, then SIGKILL for anything left behind)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bench.loadgen import REPO_ROOT
+from bench.shield import signals_deferred
+
+HOST = "127.0.0.1"
+STOP_GRACE_S = 15.0
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or never answered its ping; the message carries its log's tail."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def guest_auth() -> str:
+    """Fresh `uuid:key` credentials for one benchmark server."""
+    return f"{uuid.uuid4()}:{secrets.token_hex(32)}"
+
+
+@dataclass
+class Server:
+    """A server process under test."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    auth: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def process(self) -> psutil.Process:
+        return psutil.Process(self.proc.pid)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def ping(self) -> bool:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+        try:
+            conn.request("GET", "/ping")
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerStartError(
+                    f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            if self.ping():
+                return
+            time.sleep(0.05)
+        raise ServerStartError(
+            f"{self.name} did not answer /ping in {timeout:.0f} s:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM and wait; then SIGKILL the server and whatever it started that is left.
+        Bounded (about 30 s at worst) and not interruptible by Ctrl-C."""
+        with signals_deferred():
+            self._stop()
+
+    def _stop(self) -> None:
+        try:
+            family = self.process().children(recursive=True)
+        except psutil.Error:
+            family = []
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        kill_leftovers(family)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def kill_leftovers(processes: list[psutil.Process]) -> None:
+    """Kill those of `processes` (identified by pid and start time) still alive."""
+    alive = []
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running():
+                proc.terminate()
+                alive.append(proc)
+    _, still = psutil.wait_procs(alive, timeout=3)
+    for proc in still:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(still, timeout=3)
+
+
+def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The harness's environment without any SQUALL_* setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUALL_")}
+    env.update(extra)
+    return env
+
+
+def launch(name: str, argv: list[str], env: dict[str, str], workdir: Path, port: int) -> Server:
+    with open(workdir / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only the harness, which stops us
+        )
+    return Server(name, proc, port, workdir)
+
+
+@contextlib.contextmanager
+def running(server: Server, timeout: float) -> Iterator[Server]:
+    try:
+        server.wait_ready(timeout)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def baseline_server(timeout: float = 30.0) -> Iterator[Server]:
+    """The bare hello-world app of bench/baseline_app.py."""
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="squall-bench-baseline-"))
+    argv = [sys.executable, "-m", "bench.baseline_app", "--host", HOST, "--port", str(port)]
+    server = launch("baseline", argv, clean_env({}), workdir, port)
+    with running(server, timeout) as ready:
+        yield ready
+
+
+@contextlib.contextmanager
+def squall_server(settings: Mapping[str, str], timeout: float = 60.0) -> Iterator[Server]:
+    """`squall standalone` with a temporary data dir, fresh guest credentials and `settings`
+    (SQUALL_* variables) as its only configuration."""
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="squall-bench-"))
+    auth = guest_auth()
+    env = clean_env({**settings, "SQUALL_GUEST_AUTH": auth})
+    argv = [
+        sys.executable, "-m", "squall.cli.main", "standalone",
+        "--host", HOST, "--port", str(port), "--data-dir", str(workdir / "data"),
+    ]  # fmt: skip
+    server = launch("squall", argv, env, workdir, port)
+    server.auth, server.env = auth, dict(settings)
+    with running(server, timeout) as ready:
+        yield ready

@@ -1,0 +1,92 @@
+"""The targets each figure is judged against; a miss is reported, never hidden."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench.stats import ratio
+
+
+@dataclass(frozen=True)
+class Goal:
+    key: str
+    label: str
+    unit: str
+    op: str  # "<=" or ">="
+    target: float
+    path: tuple[str, ...]
+    baseline: tuple[str, ...] | None = None
+
+
+GOALS = (
+    Goal(
+        "warm_p50", "Warm blocking invoke, concurrency 1: p50", "ms", "<=", 1.0,
+        ("warm", "latency", "squall", "latency", "p50_ms"),
+        ("warm", "latency", "baseline", "latency", "p50_ms"),
+    ),
+    Goal(
+        "warm_p99", "Warm blocking invoke, concurrency 1: p99", "ms", "<=", 5.0,
+        ("warm", "latency", "squall", "latency", "p99_ms"),
+        ("warm", "latency", "baseline", "latency", "p99_ms"),
+    ),
+    Goal(
+        "throughput", "Warm blocking invokes/s, {clients} concurrent clients", "req/s", ">=",
+        2000.0,
+        ("warm", "throughput", "squall", "requests_per_s"),
+        ("warm", "throughput", "baseline", "requests_per_s"),
+    ),
+    Goal(
+        "cold_steady_p50", "Cold start p50 (stem cells refilled between)", "ms", "<=", 10.0,
+        ("cold_steady", "client", "p50_ms"),
+    ),
+    Goal(
+        "cold_burst_p50", "Cold start p50 (back-to-back burst)", "ms", "<=", 10.0,
+        ("cold_burst", "client", "p50_ms"),
+    ),
+    Goal(
+        "cold_no_prewarm_p50", "Cold start p50 (SQUALL_PREWARM_COUNT=0)", "ms", "<=", 10.0,
+        ("cold_no_prewarm", "client", "p50_ms"),
+    ),
+    Goal(
+        "sandbox_uss", "Idle warm sandbox USS (p50 over all sandboxes)", "MiB", "<=", 15.0,
+        ("memory", "loaded", "sandbox_uss_mib", "p50"),
+    ),
+)  # fmt: skip
+
+
+def dig(tree: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def judge(goal: Goal, value: float | None) -> bool | None:
+    if value is None:
+        return None
+    return value <= goal.target if goal.op == "<=" else value >= goal.target
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per goal: the figure, its target, pass/miss, and the baseline with the ratio."""
+    rows = []
+    clients = dig(results, ("plan", "connections"))
+    for goal in GOALS:
+        value = dig(results, goal.path)
+        base = dig(results, goal.baseline) if goal.baseline else None
+        rows.append(
+            {
+                "key": goal.key,
+                "label": goal.label.format(clients=clients),
+                "unit": goal.unit,
+                "op": goal.op,
+                "target": goal.target,
+                "value": value,
+                "passed": judge(goal, value),
+                "baseline": base,
+                "ratio_to_baseline": ratio(value, base),
+            }
+        )
+    return rows
