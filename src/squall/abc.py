@@ -11,7 +11,7 @@ backend stays a thin adapter and `squall store copy` can move them verbatim.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -198,20 +198,23 @@ class ActivationStore(abc.ABC):
 # ---------------------------------------------------------------------------------------------
 
 
+MessageHandler = Callable[[object], None]
+
+
 class Subscription(abc.ABC):
     """A consumer of one topic in one consumer group."""
 
     @abc.abstractmethod
-    def __aiter__(self) -> AsyncIterator[object]:
-        """Messages in order; the in-process bus hands over the very objects published."""
-
-    @abc.abstractmethod
     async def close(self) -> None:
-        """Stop consuming."""
+        """Stop consuming; no handler call starts after this returns."""
 
 
 class MessageBus(abc.ABC):
-    """Topics with consumer groups. The in-process bus does no serialisation."""
+    """Topics with consumer groups. The in-process bus does no serialisation.
+
+    Delivery is push: the bus calls a subscriber's handler once per message, never inside
+    `publish` itself, so a publisher never runs its subscribers' code.
+    """
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -226,8 +229,11 @@ class MessageBus(abc.ABC):
         """Send without waiting for delivery."""
 
     @abc.abstractmethod
-    def subscribe(self, topic: str, group: str) -> Subscription:
-        """Consume `topic` as a member of `group`: each message goes to one member of a group."""
+    def subscribe(self, topic: str, group: str, handler: MessageHandler) -> Subscription:
+        """Consume `topic` as a member of `group`: each message goes to one member of a group.
+
+        Handlers must not block: they hand work to the event loop and return.
+        """
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from squall.abc import ActivationStore, Coordinator, EntityStore, MessageBus, SandboxFactory
 from squall.bus.memory import MemoryBus
@@ -46,7 +46,7 @@ class Platform:
     invoker: InvokerService
     controller: ControllerService
     auth: Authenticator
-    app: Starlette
+    app: ASGIApp
     guest_auth: str = field(default="", repr=False)
     warnings: list[str] = field(default_factory=list)
 

@@ -31,6 +31,11 @@ def server_config(platform: Platform) -> uvicorn.Config:
         access_log=False,
         log_level="warning",
         timeout_keep_alive=65,
+        # Squall listens on its own address; no proxy rewrites what it sees. Skipping the
+        # proxy-headers middleware and the Server/Date headers saves work on every request.
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
     )
 
 

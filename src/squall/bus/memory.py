@@ -1,60 +1,69 @@
-"""The in-process message bus: asyncio queues, no serialisation.
+"""The in-process message bus: handlers called from the event loop, no serialisation.
 
-Each (topic, group) has one queue; members of a group compete for its messages, every group
-gets every message, as with Kafka consumer groups.
+Every group gets every message; within a group the members take turns, as Kafka consumer
+groups share partitions. Delivery goes through `loop.call_soon`, so it is asynchronous like a
+real broker's, without a queue and a consumer task per hop on the invoke path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
-from squall.abc import MessageBus, Subscription
+from squall.abc import MessageBus, MessageHandler, Subscription
+
+log = logging.getLogger("squall.bus")
+
+
+class _Group:
+    def __init__(self) -> None:
+        self.members: list[MessageHandler] = []
+        self._turn = itertools.count()
+
+    def next_member(self) -> MessageHandler | None:
+        if not self.members:
+            return None
+        return self.members[next(self._turn) % len(self.members)]
 
 
 class _MemorySubscription(Subscription):
-    def __init__(self, bus: MemoryBus, topic: str, group: str, queue: asyncio.Queue[object]):
-        self._bus, self._topic, self._group, self._queue = bus, topic, group, queue
-        self._closed = False
-
-    async def _messages(self) -> AsyncIterator[object]:
-        while not self._closed:
-            message = await self._queue.get()
-            if message is _CLOSE:
-                return
-            yield message
-
-    def __aiter__(self) -> AsyncIterator[object]:
-        return self._messages()
+    def __init__(self, group: _Group, handler: MessageHandler) -> None:
+        self._group, self._handler = group, handler
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(_CLOSE)
+        if self._handler in self._group.members:
+            self._group.members.remove(self._handler)
 
 
-_CLOSE = object()
+def _deliver(handler: MessageHandler, message: object) -> None:
+    try:
+        handler(message)
+    except Exception:  # one bad message must not stop the bus
+        log.exception("a message handler failed on %r", type(message).__name__)
 
 
 class MemoryBus(MessageBus):
-    """Topics as dicts of per-group queues."""
+    """Topics as dicts of consumer groups."""
 
     def __init__(self) -> None:
-        self._groups: defaultdict[str, dict[str, asyncio.Queue[object]]] = defaultdict(dict)
+        self._topics: defaultdict[str, dict[str, _Group]] = defaultdict(dict)
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
-        for groups in self._groups.values():
-            for queue in groups.values():
-                queue.put_nowait(_CLOSE)
+        self._topics.clear()
 
     def publish(self, topic: str, message: object) -> None:
-        for queue in self._groups[topic].values():
-            queue.put_nowait(message)
+        loop = asyncio.get_running_loop()
+        for group in self._topics[topic].values():
+            handler = group.next_member()
+            if handler is not None:
+                loop.call_soon(_deliver, handler, message)
 
-    def subscribe(self, topic: str, group: str) -> Subscription:
-        queue = self._groups[topic].setdefault(group, asyncio.Queue())
-        return _MemorySubscription(self, topic, group, queue)
+    def subscribe(self, topic: str, group: str, handler: MessageHandler) -> Subscription:
+        members = self._topics[topic].setdefault(group, _Group())
+        members.members.append(handler)
+        return _MemorySubscription(members, handler)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -48,27 +47,20 @@ class ControllerService:
         self.limits, self.kinds, self.controller_id = limits, kinds, controller_id
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
         self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._consumer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._subscription = self._bus.subscribe(
-            completed_topic(self.controller_id), self.controller_id
+            completed_topic(self.controller_id), self.controller_id, self._completed
         )
-        self._consumer = asyncio.create_task(self._consume(), name="controller-completions")
 
     async def close(self) -> None:
         await self._subscription.close()
-        if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._consumer
 
-    async def _consume(self) -> None:
-        async for message in self._subscription:
-            if isinstance(message, Completion):
-                waiter = self._waiters.pop(message.activation_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(message.record)
+    def _completed(self, message: object) -> None:
+        if isinstance(message, Completion):
+            waiter = self._waiters.pop(message.activation_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message.record)
 
     # -- actions ---------------------------------------------------------------------------
 

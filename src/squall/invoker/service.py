@@ -62,18 +62,14 @@ class InvokerService:
             "python:default", limits.memory_mb.default, limits.logs_mb.default * MB
         )
         self.prewarm = PrewarmPool(factory, default_spec, settings.prewarm_count)
-        self._consumer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._subscription = self._bus.subscribe(INVOKER_TOPIC, self.invoker_id)
         await self.prewarm.start()
-        self._consumer = asyncio.create_task(self._consume(), name="invoker-consume")
+        self._subscription = self._bus.subscribe(INVOKER_TOPIC, self.invoker_id, self._received)
 
     async def close(self) -> None:
         await self._subscription.close()
         tasks = [c.task for c in self._containers.values() if c.task is not None]
-        if self._consumer is not None:
-            tasks.append(self._consumer)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -81,10 +77,9 @@ class InvokerService:
                 await task
         await self.prewarm.close()
 
-    async def _consume(self) -> None:
-        async for message in self._subscription:
-            if isinstance(message, ContainerCreation):
-                self.create_container(message)
+    def _received(self, message: object) -> None:
+        if isinstance(message, ContainerCreation):
+            self.create_container(message)
 
     # -- containers ------------------------------------------------------------------------
 

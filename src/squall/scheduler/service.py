@@ -64,12 +64,8 @@ class SchedulerService:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        subscription = self._bus.subscribe(SCHEDULER_TOPIC, "scheduler")
-        self._subscription = subscription
-        self._tasks = [
-            asyncio.create_task(self._consume(), name="scheduler-consume"),
-            asyncio.create_task(self._tick_forever(), name="scheduler-tick"),
-        ]
+        self._subscription = self._bus.subscribe(SCHEDULER_TOPIC, "scheduler", self._received)
+        self._tasks = [asyncio.create_task(self._tick_forever(), name="scheduler-tick")]
 
     async def close(self) -> None:
         await self._subscription.close()
@@ -84,10 +80,9 @@ class SchedulerService:
             )
         self._queues.clear()
 
-    async def _consume(self) -> None:
-        async for message in self._subscription:
-            if isinstance(message, ActivationMessage):
-                self.accept(message)
+    def _received(self, message: object) -> None:
+        if isinstance(message, ActivationMessage):
+            self.accept(message)
 
     # -- activations -----------------------------------------------------------------------
 
