@@ -57,19 +57,29 @@ async def factory(work_root: Path) -> AsyncIterator[ProcessSandboxFactory]:
 
 
 async def make(
-    factory: ProcessSandboxFactory, code: str, *, main: str = "main", spec: SandboxSpec = SPEC,
-    binary: bool = False, env: dict[str, str] | None = None,
+    factory: ProcessSandboxFactory,
+    code: str,
+    *,
+    main: str = "main",
+    spec: SandboxSpec = SPEC,
+    binary: bool = False,
+    env: dict[str, str] | None = None,
 ) -> ProcessSandbox:
     sandbox = await factory.create(spec)
     assert isinstance(sandbox, ProcessSandbox)
     outcome = await sandbox.init(
-        InitPayload("test", main, textwrap.dedent(code), binary, env or {}), 5.0)
+        InitPayload("test", main, textwrap.dedent(code), binary, env or {}), 5.0
+    )
     assert outcome.failure is None, outcome
     return sandbox
 
 
-async def run(sandbox: ProcessSandbox, value: dict[str, Any] | None = None,
-              context: dict[str, str] | None = None, limit_s: float = 5.0) -> SandboxOutcome:
+async def run(
+    sandbox: ProcessSandbox,
+    value: dict[str, Any] | None = None,
+    context: dict[str, str] | None = None,
+    limit_s: float = 5.0,
+) -> SandboxOutcome:
     return await sandbox.run(RunPayload(value or {}, context or {}), limit_s)
 
 
@@ -184,8 +194,9 @@ async def test_syntax_error_fails_init(factory: ProcessSandboxFactory) -> None:
 
 async def test_missing_main_fails_init(factory: ProcessSandboxFactory) -> None:
     sandbox = await factory.create(SPEC)
-    outcome = await sandbox.init(InitPayload("t", "main", "def other(a):\n    pass\n", False, {}),
-                                 5.0)
+    outcome = await sandbox.init(
+        InitPayload("t", "main", "def other(a):\n    pass\n", False, {}), 5.0
+    )
     assert outcome.failure == "Action main not found"
     assert outcome.fatal is True
     await sandbox.destroy()
@@ -207,12 +218,14 @@ def zipped(files: dict[str, str]) -> str:
 
 
 async def test_zip_action_with_main_module_and_virtualenv(factory: ProcessSandboxFactory) -> None:
-    code = zipped({
-        "__main__.py": "import helper, vendored\n"
-                       "def main(a):\n    return {'h': helper.twice(a['n']), 'v': vendored.V}\n",
-        "helper.py": "def twice(n):\n    return 2 * n\n",
-        "virtualenv/lib/python3.11/site-packages/vendored.py": "V = 'from venv'\n",
-    })
+    code = zipped(
+        {
+            "__main__.py": "import helper, vendored\n"
+            "def main(a):\n    return {'h': helper.twice(a['n']), 'v': vendored.V}\n",
+            "helper.py": "def twice(n):\n    return 2 * n\n",
+            "virtualenv/lib/python3.11/site-packages/vendored.py": "V = 'from venv'\n",
+        }
+    )
     sandbox = await make(factory, code, binary=True)
     assert result(await run(sandbox, {"n": 4})) == {"h": 8, "v": "from venv"}
     await sandbox.destroy()
@@ -258,7 +271,9 @@ async def test_stdout_and_stderr_are_captured(factory: ProcessSandboxFactory) ->
     assert not any(SENTINEL in line for line in outcome.logs)
     # The next activation starts with a clean slate.
     assert by_stream(await run(sandbox)) == {
-        "stdout": ["first", "third"], "stderr": ["second", "late"]}
+        "stdout": ["first", "third"],
+        "stderr": ["second", "late"],
+    }
     await sandbox.destroy()
 
 
@@ -283,8 +298,10 @@ async def test_logs_are_truncated_at_the_limit(factory: ProcessSandboxFactory) -
     outcome = await run(sandbox)
     assert outcome.failure is None
     lines = messages(outcome)
-    assert lines[-1] == ("stderr", "Logs were truncated because the total bytes size exceeds "
-                                   "the limit of 1000 bytes.")
+    assert lines[-1] == (
+        "stderr",
+        "Logs were truncated because the total bytes size exceeds the limit of 1000 bytes.",
+    )
     assert sum(len(text) for _s, text in lines[:-1]) <= 1000
     assert len(lines) == 21  # 20 lines of 49 bytes fit
     await sandbox.destroy()
@@ -332,19 +349,30 @@ async def test_context_is_exported_as_ow_variables_during_the_run(
         return {k: v for k, v in os.environ.items() if k.startswith("__OW_")}
     """
     sandbox = await make(factory, code)
-    context = {"activation_id": "a1b2", "namespace": "guest", "action_name": "/guest/t",
-               "api_key": "k:s", "deadline": "123"}
+    context = {
+        "activation_id": "a1b2",
+        "namespace": "guest",
+        "action_name": "/guest/t",
+        "api_key": "k:s",
+        "deadline": "123",
+    }
     assert result(await run(sandbox, context=context)) == {
-        "__OW_ACTIVATION_ID": "a1b2", "__OW_NAMESPACE": "guest", "__OW_ACTION_NAME": "/guest/t",
-        "__OW_API_KEY": "k:s", "__OW_DEADLINE": "123"}
+        "__OW_ACTIVATION_ID": "a1b2",
+        "__OW_NAMESPACE": "guest",
+        "__OW_ACTION_NAME": "/guest/t",
+        "__OW_API_KEY": "k:s",
+        "__OW_DEADLINE": "123",
+    }
     # Removed after the run: the next activation without an api key does not see the old one.
     assert result(await run(sandbox, context={"activation_id": "c3"})) == {
-        "__OW_ACTIVATION_ID": "c3"}
+        "__OW_ACTIVATION_ID": "c3"
+    }
     await sandbox.destroy()
 
 
 async def test_no_squall_variables_reach_the_action(
-    work_root: Path, monkeypatch: pytest.MonkeyPatch,
+    work_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SQUALL_SECRET_FOR_TEST", "must-not-leak")
     factory = ProcessSandboxFactory(work_root)
@@ -398,8 +426,9 @@ async def test_timeout_kills_the_sandbox(factory: ProcessSandboxFactory) -> None
     started = time.monotonic()
     outcome = await run(sandbox, limit_s=0.3)
     assert time.monotonic() - started < 3
-    assert outcome == SandboxOutcome(None, outcome.logs, failure="timeout", fatal=True,
-                                     timed_out=True)
+    assert outcome == SandboxOutcome(
+        None, outcome.logs, failure="timeout", fatal=True, timed_out=True
+    )
     assert messages(outcome) == [("stdout", "before")]
     assert not psutil.pid_exists(sandbox.pid)
     again = await run(sandbox)
@@ -426,14 +455,43 @@ async def test_memory_limit(factory: ProcessSandboxFactory) -> None:
     await other.destroy()
 
 
-@pytest.mark.parametrize(("code", "failure"), [
-    ("import os\ndef main(a):\n    os._exit(3)\n", "crashed: exit status 3"),
-    ("import os, signal\ndef main(a):\n    os.kill(os.getpid(), signal.SIGSEGV)\n",
-     "crashed: killed by signal 11"),
-    ("import sys\ndef main(a):\n    sys.exit(5)\n", "crashed: exit status 5"),
-])
+async def test_thread_pools_fit_in_a_small_memory_limit(factory: ProcessSandboxFactory) -> None:
+    # RLIMIT_AS counts reserved address space: per-thread malloc arenas and 8 MiB stacks
+    # would exhaust 128 MB long before any memory is used.
+    code = """
+    from concurrent.futures import ThreadPoolExecutor
+    def main(args):
+        with ThreadPoolExecutor(32) as pool:
+            return {"sum": sum(pool.map(lambda i: len(bytearray(100_000)) + i, range(200)))}
+    """
+    sandbox = await make(factory, code)
+    assert result(await run(sandbox)) == {"sum": 200 * 100_000 + sum(range(200))}
+    await sandbox.destroy()
+
+
+async def test_closing_the_control_channel_is_a_crash(factory: ProcessSandboxFactory) -> None:
+    code = "import os, time\ndef main(a):\n    os.close(3)\n    time.sleep(0.2)\n    os._exit(0)\n"
+    sandbox = await make(factory, code)
+    outcome = await run(sandbox)
+    assert outcome.fatal and outcome.failure == "crashed: exit status 0"
+    await sandbox.destroy()
+
+
+@pytest.mark.parametrize(
+    ("code", "failure"),
+    [
+        ("import os\ndef main(a):\n    os._exit(3)\n", "crashed: exit status 3"),
+        (
+            "import os, signal\ndef main(a):\n    os.kill(os.getpid(), signal.SIGSEGV)\n",
+            "crashed: killed by signal 11",
+        ),
+        ("import sys\ndef main(a):\n    sys.exit(5)\n", "crashed: exit status 5"),
+    ],
+)
 async def test_a_dying_child_is_reported(
-    factory: ProcessSandboxFactory, code: str, failure: str,
+    factory: ProcessSandboxFactory,
+    code: str,
+    failure: str,
 ) -> None:
     sandbox = await make(factory, code)
     outcome = await run(sandbox)
@@ -514,6 +572,31 @@ async def test_many_sandboxes_concurrently(factory: ProcessSandboxFactory) -> No
     await asyncio.gather(*(s.destroy() for s in sandboxes))
 
 
+async def test_without_dedicated_uids_destroy_still_kills_descendants(work_root: Path) -> None:
+    # What a non-root platform does: no uid switch, so the sandbox's tree is what gets killed.
+    factory = ProcessSandboxFactory(work_root)
+    factory.isolated = False
+    await factory.start()
+    try:
+        code = """
+        import os, subprocess
+        def main(args):
+            child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+            return {"uid": os.getuid(), "child": child.pid}
+        """
+        sandbox = await make(factory, code)
+        got = result(await run(sandbox))
+        assert sandbox.uid is None and got["uid"] == os.getuid()
+        assert psutil.pid_exists(got["child"])
+        await sandbox.destroy()
+        await asyncio.sleep(0.05)
+        assert not psutil.pid_exists(got["child"]) or (
+            psutil.Process(got["child"]).status() == psutil.STATUS_ZOMBIE
+        )
+    finally:
+        await factory.close()
+
+
 def test_kinds_and_isolation_flags(work_root: Path) -> None:
     factory = ProcessSandboxFactory(work_root)
     assert list(factory.kinds()) == ["python:3", "python:3.11", "python:default"]
@@ -553,8 +636,12 @@ async def test_action_runs_unprivileged(factory: ProcessSandboxFactory, work_roo
         """
         peer = await make(factory, HELLO)
         sandbox = await make(factory, code)
-        got = result(await run(sandbox, {"secret": str(secret), "platform": os.getpid(),
-                                         "peer": str(peer.work_dir)}))
+        got = result(
+            await run(
+                sandbox,
+                {"secret": str(secret), "platform": os.getpid(), "peer": str(peer.work_dir)},
+            )
+        )
         assert got["uid"] != 0 and got["uid"] == sandbox.uid and got["gid"] == sandbox.uid
         assert got["groups"] == []
         assert got["read"] == "denied"

@@ -67,6 +67,7 @@ class Launcher:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._main: Entry | None = None
+        self._exported: dict[str, str | None] = {}  # __OW_* values to restore after a run
 
     def serve(self) -> None:
         with self._sock.makefile("rb") as requests:
@@ -77,6 +78,9 @@ class Launcher:
                     self._sock.sendall(reply)
                 except OSError:
                     return  # the platform is gone
+                # The run's __OW_* variables go only now, off the reply's critical path.
+                restore_env(self._exported)
+                self._exported = {}
 
     def handle(self, line: bytes) -> bytes:
         try:
@@ -109,7 +113,7 @@ class Launcher:
     def _run(self, run: dict[str, Any]) -> bytes:
         if self._main is None:
             return error_reply("The action was not initialized.")
-        saved = export_context(run.get("context") or {})
+        self._exported = export_context(run.get("context") or {})
         try:
             result = self._main(run.get("value", {}))
         except MemoryError:
@@ -118,8 +122,6 @@ class Launcher:
             # openwhisk-runtime-python: an exception is an application error, not a crash.
             traceback.print_exc()
             result = {"error": str(exc)}
-        finally:
-            restore_env(saved)
         return result_reply(result)
 
 
@@ -213,7 +215,10 @@ def error_reply(message: str) -> bytes:
 
 def end_activation() -> None:
     """Flush the action's output, then mark the end of this activation's logs on both streams."""
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+    streams = [sys.stdout, sys.stderr]
+    if sys.__stdout__ is not sys.stdout or sys.__stderr__ is not sys.stderr:
+        streams += [sys.__stdout__, sys.__stderr__]  # the action replaced them
+    for stream in streams:
         try:
             if stream is not None:
                 stream.flush()

@@ -29,6 +29,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,14 @@ class _Zygote:
             self.process = subprocess.Popen(
                 # -S: actions see the stdlib only, never the platform's site-packages.
                 [sys.executable, "-I", "-S", str(ZYGOTE_PATH), str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=_zygote_env(), close_fds=True,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=_zygote_env(),
+                close_fds=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                # Out of the terminal's reach: Ctrl-C is for the platform, which then closes
+                # the zygote's socket to shut it down cleanly.
+                start_new_session=True,
             )
         except BaseException:
             self._sock.close()
@@ -244,8 +251,7 @@ def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
 
 
 def _zygote_env() -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8",
-            "HOME": "/nonexistent"}
+    return {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8", "HOME": "/nonexistent"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,8 +259,17 @@ def _zygote_env() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
+_second_cache: list[Any] = [-1, ""]  # the last whole second and its formatted text
+
+
 def _timestamp() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC with microseconds and Z, as OpenWhisk logs show; strftime only once per second."""
+    now = time.time()
+    second = int(now)
+    if second != _second_cache[0]:
+        moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
+        _second_cache[:] = [second, moment.strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second_cache[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
 class _Logs:
@@ -291,6 +306,7 @@ class _LogStream(asyncio.Protocol):
         self.name = name
         self.sentinels = 0
         self.eof = False
+        self.fd = -1  # the pipe's read end, once connected
         self._buf = b""  # the current line's start; never holds a newline
 
     def data_received(self, data: bytes) -> None:
@@ -302,6 +318,23 @@ class _LogStream(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self._finish()
         return None
+
+    def read_now(self) -> None:
+        """Read what the pipe holds without waiting for the loop's turn.
+
+        The launcher writes its sentinels before its reply, so once the reply is here they
+        are in the pipe: reading them at once saves a loop iteration per call.
+        """
+        if self.eof or self.fd < 0:
+            return
+        try:
+            data = os.read(self.fd, 262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # the transport reports the error on its next read
+        if data:
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
@@ -327,7 +360,7 @@ class _LogStream(asyncio.Protocol):
             return False
         *lines, rest = buf.split(b"\n")
         found = False
-        stamp = _timestamp()  # one stamp per read: lines that arrive together share it
+        stamp = ""  # one stamp per read, made on the first line: lines read together share it
         for line in lines:
             if line.endswith(SENTINEL):
                 self.sentinels += 1
@@ -335,6 +368,7 @@ class _LogStream(asyncio.Protocol):
                 line = line[: -len(SENTINEL)]  # text printed without a newline before it
                 if not line:
                     continue
+            stamp = stamp or _timestamp()
             logs.add(self.name, line, stamp)
         self._buf = rest
         if len(rest) > logs.remaining:
@@ -343,7 +377,7 @@ class _LogStream(asyncio.Protocol):
 
     def _overflow(self, logs: _Logs) -> None:
         logs.truncate(_timestamp())
-        self._buf = self._buf[-(len(SENTINEL_LINE) - 1):]
+        self._buf = self._buf[-(len(SENTINEL_LINE) - 1) :]
 
     def _scan(self, data: bytes) -> bool:
         """Past the limit: only look for sentinels, keeping no more than a sentinel's length."""
@@ -351,8 +385,8 @@ class _LogStream(asyncio.Protocol):
         count = buf.count(SENTINEL_LINE)
         if count:
             self.sentinels += count
-            buf = buf[buf.rfind(SENTINEL_LINE) + len(SENTINEL_LINE):]
-        self._buf = buf[-(len(SENTINEL_LINE) - 1):]
+            buf = buf[buf.rfind(SENTINEL_LINE) + len(SENTINEL_LINE) :]
+        self._buf = buf[-(len(SENTINEL_LINE) - 1) :]
         return count > 0
 
 
@@ -394,8 +428,14 @@ class ProcessSandbox(Sandbox):
     and `work_dir` are for tests and diagnostics."""
 
     def __init__(
-        self, factory: ProcessSandboxFactory, zygote: _Zygote, sandbox_id: str,
-        spec: SandboxSpec, forked: _Forked, slot: int | None, work_dir: Path,
+        self,
+        factory: ProcessSandboxFactory,
+        zygote: _Zygote,
+        sandbox_id: str,
+        spec: SandboxSpec,
+        forked: _Forked,
+        slot: int | None,
+        work_dir: Path,
     ) -> None:
         self._factory = factory
         self._zygote = zygote
@@ -412,6 +452,7 @@ class ProcessSandbox(Sandbox):
         self._out = _LogStream(self, "stdout")
         self._err = _LogStream(self, "stderr")
         self._control: asyncio.Transport | None = None
+        self._control_closed = False
         self._transports: list[asyncio.BaseTransport] = []
         self._expected = 0  # sentinels each stream owes: one per request sent
         self._waiter: asyncio.Future[int] | None = None
@@ -419,8 +460,8 @@ class ProcessSandbox(Sandbox):
         self._grace: asyncio.TimerHandle | None = None
         self._settle: asyncio.Future[None] | None = None
         self._dead: str | None = None  # the failure every further call reports
-        self._killed = False
-        self._swept = False
+        self._killed = False  # by us: a SIGKILL then is not the OOM killer's
+        self._kill_request: asyncio.Future[bool] | None = None
         self._destroyed = False
 
     @property
@@ -432,10 +473,12 @@ class ProcessSandbox(Sandbox):
         fds = [out_fd, err_fd]
         try:
             transport, _ = await self._loop.create_unix_connection(
-                _same(_Control(self)), sock=control)
+                _same(_Control(self)), sock=control
+            )
             self._control = transport
             self._transports.append(transport)
             for stream in (self._out, self._err):
+                stream.fd = fds[0]
                 pipe = os.fdopen(fds.pop(0), "rb", buffering=0)
                 try:
                     reader, _ = await self._loop.connect_read_pipe(_same(stream), pipe)
@@ -452,8 +495,15 @@ class ProcessSandbox(Sandbox):
 
     async def init(self, payload: InitPayload, timeout_s: float) -> SandboxOutcome:
         env = {k: v for k, v in payload.env.items() if not k.startswith("SQUALL_")}
-        message = {"init": {"name": payload.name, "main": payload.main, "code": payload.code,
-                            "binary": payload.binary, "env": env}}
+        message = {
+            "init": {
+                "name": payload.name,
+                "main": payload.main,
+                "code": payload.code,
+                "binary": payload.binary,
+                "env": env,
+            }
+        }
         return await self._call(_encode(message), timeout_s, initializing=True)
 
     async def run(self, payload: RunPayload, timeout_s: float) -> SandboxOutcome:
@@ -470,6 +520,7 @@ class ProcessSandbox(Sandbox):
         try:
             swept = await self._kill()
         finally:
+            self._out.fd = self._err.fd = -1  # closing the transports closes them
             for transport in self._transports:
                 transport.close()
             await self._factory.release(self, swept=swept)
@@ -496,7 +547,7 @@ class ProcessSandbox(Sandbox):
             return SandboxOutcome(None, [], failure=self._dead, fatal=True)
         if self._waiter is not None or self._control is None:
             raise SandboxError(f"sandbox {self._id} is busy or not connected")
-        if self._exit.done():  # it died while idle
+        if self._exit.done() or self._control_closed:  # it died (or hung up) while idle
             return await self._stopped(None)
         waiter: asyncio.Future[int] = self._loop.create_future()
         self._waiter = waiter
@@ -509,7 +560,7 @@ class ProcessSandbox(Sandbox):
         except asyncio.CancelledError:
             # The child is mid-request and its state unknown: it must not serve again.
             self._dead = "crashed: the call was cancelled"
-            self._zygote.request_kill(self.pid)
+            self._request_kill()
             raise
         finally:
             timer.cancel()
@@ -528,7 +579,7 @@ class ProcessSandbox(Sandbox):
         self._reply = None
         logs = self._take_logs(final=False)
         if reply.startswith(RESULT_PREFIX):
-            raw = reply[len(RESULT_PREFIX):-1]
+            raw = reply[len(RESULT_PREFIX) : -1]
             return SandboxOutcome(None if raw == b"null" else raw, logs)
         try:
             data = orjson.loads(reply)
@@ -538,7 +589,7 @@ class ProcessSandbox(Sandbox):
             return SandboxOutcome(None, logs)
         if data.get("failure") is not None:
             self._dead = str(data["failure"])
-            self._zygote.request_kill(self.pid)  # free its memory now; destroy waits for it
+            self._request_kill()  # free its memory now; destroy waits for the same request
             return SandboxOutcome(None, logs, failure=self._dead, fatal=True)
         error = str(data.get("error") or "the sandbox sent an empty reply")
         if initializing:
@@ -554,8 +605,9 @@ class ProcessSandbox(Sandbox):
         self._dead = self._dead or failure
         await self._kill()
         await self._settle_streams()
-        return SandboxOutcome(None, self._take_logs(final=True), failure=failure, fatal=True,
-                              timed_out=timed_out)
+        return SandboxOutcome(
+            None, self._take_logs(final=True), failure=failure, fatal=True, timed_out=timed_out
+        )
 
     def _death_reason(self) -> str:
         if self._destroyed:
@@ -564,23 +616,31 @@ class ProcessSandbox(Sandbox):
             return "crashed: the control channel closed"
         exit_ = self._exit.result()
         # The kernel's OOM killer is the usual sender of a SIGKILL nobody here sent.
-        if (exit_.signal == signal.SIGKILL and not self._killed
-                and oom_kill_count() > self._oom_kills):
+        if (
+            exit_.signal == signal.SIGKILL
+            and not self._killed
+            and oom_kill_count() > self._oom_kills
+        ):
             return "memory"
         return exit_.describe()
 
+    def _request_kill(self) -> asyncio.Future[bool]:
+        """One kill request per sandbox, so every waiter sees the same sweep result."""
+        if self._kill_request is None:
+            self._killed = True
+            self._kill_request = self._zygote.request_kill(self.pid)
+        return self._kill_request
+
     async def _kill(self) -> bool:
-        """Kill every process of this sandbox; True once the zygote confirmed none is left."""
-        if self._swept:
-            return True
-        self._killed = True
-        if self._zygote.alive:
-            swept = await self._zygote.kill(self.pid)
-        else:
-            swept = await asyncio.to_thread(sweep_by_scan, self.uid, self.pid)
+        """Kill every process of this sandbox; True once none is known to be left."""
+        request = self._request_kill()
+        done, _pending = await asyncio.wait((request,), timeout=KILL_WAIT_S)
+        swept = bool(done) and request.result()
+        if not swept and not self._zygote.alive and self.uid is not None:
+            # The zygote died, and its children with it (PDEATHSIG), but their forks may not.
+            swept = await asyncio.to_thread(sweep_uid, self.uid)
         if not self._exit.done():
             await asyncio.wait((self._exit,), timeout=EXIT_WAIT_S)
-        self._swept = swept
         return swept
 
     async def _settle_streams(self) -> None:
@@ -617,6 +677,9 @@ class ProcessSandbox(Sandbox):
         if self._waiter is None or self._reply is not None:
             return  # nothing is waiting for it: stray output on fd 3
         self._reply = line
+        if not self._settled():
+            self._out.read_now()
+            self._err.read_now()
         if self._settled():
             self._wake(_REPLY)
         else:
@@ -631,6 +694,7 @@ class ProcessSandbox(Sandbox):
             self._settle.set_result(None)
 
     def control_lost(self) -> None:
+        self._control_closed = True
         self._wake(_DEAD)
 
     def _exited(self, _future: asyncio.Future[ChildExit]) -> None:
@@ -656,39 +720,34 @@ def oom_kill_count() -> int:
     return 0
 
 
-def sweep_by_scan(uid: int | None, sid: int) -> bool:
-    """Without the zygote: SIGKILL every process of `uid` (or, with no uid, of session `sid`).
+def sweep_uid(uid: int) -> bool:
+    """Without the zygote: SIGKILL every process of `uid` (ours alone, see _UidPool).
 
     Repeated because a fork bomb keeps forking while we scan; True when nothing is left.
     """
-    me = os.getpid()
     for _round in range(20):
-        found = [pid for pid in _live_pids() if pid != me and _belongs(pid, uid, sid)]
+        found = _processes_of_uid(uid)
         if not found:
             return True
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-    return False
+    return not _processes_of_uid(uid)
 
 
-def _live_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+def _processes_of_uid(uid: int) -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit() and _real_uid(name) == uid]
 
 
-def _belongs(pid: int, uid: int | None, sid: int) -> bool:
+def _real_uid(pid: str) -> int | None:
     try:
-        if uid is None:
-            with open(f"/proc/{pid}/stat", "rb") as stat_file:
-                fields = stat_file.read().rsplit(b")", 1)[1].split()
-            return fields[0] != b"Z" and int(fields[3]) == sid
         with open(f"/proc/{pid}/status", "rb") as status:
             for line in status:
                 if line.startswith(b"Uid:"):
-                    return int(line.split()[1]) == uid
+                    return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    return False
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -765,10 +824,6 @@ def _lock_dir() -> Path:
     return path
 
 
-def _processes_of_uid(uid: int) -> list[int]:
-    return [pid for pid in _live_pids() if _belongs(pid, uid, 0)]
-
-
 # ---------------------------------------------------------------------------------------------
 # The factory
 # ---------------------------------------------------------------------------------------------
@@ -793,7 +848,8 @@ class ProcessSandboxFactory(SandboxFactory):
             self.isolation_reason = (
                 f"not running as root (uid {os.geteuid()}): sandboxes run as the platform's own "
                 "user, so they can read its files and signal its processes, and fork bombs are "
-                "not contained; run as root for a dedicated uid per sandbox")
+                "not contained; run as root for a dedicated uid per sandbox"
+            )
         self._zygote: _Zygote | None = None
         self._zygote_lock = asyncio.Lock()
         self._sandboxes: dict[str, ProcessSandbox] = {}
@@ -801,14 +857,13 @@ class ProcessSandboxFactory(SandboxFactory):
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(3)
         self._closed = False
+        self._prepared = False
 
     def kinds(self) -> Sequence[str]:
         return list(KINDS)
 
     async def start(self) -> None:
         self._prepare_work_root()
-        if self.isolated:
-            self._uids.open()
         await self._running_zygote()
 
     async def close(self) -> None:
@@ -825,6 +880,8 @@ class ProcessSandboxFactory(SandboxFactory):
             raise SandboxError("the sandbox factory is closed")
         if spec.kind not in KINDS:
             raise SandboxError(f"kind {spec.kind!r} is not supported by process sandboxes")
+        if not self._prepared:
+            self._prepare_work_root()  # create() without start()
         zygote = await self._running_zygote()
         sandbox_id = f"sbx-{self._prefix}-{next(self._ids)}"
         slot = self._uids.take() if self.isolated else None
@@ -856,22 +913,36 @@ class ProcessSandboxFactory(SandboxFactory):
         if swept:
             self._uids.give_back(sandbox.slot)
         else:
-            log.warning("sandbox %s: processes of uid %s may survive; the uid is not reused",
-                        sandbox.sandbox_id, sandbox.uid)
+            log.warning(
+                "sandbox %s: processes of uid %s may survive; the uid is not reused",
+                sandbox.sandbox_id,
+                sandbox.uid,
+            )
 
     # -- helpers ------------------------------------------------------------------------------
 
     async def _fork(
-        self, zygote: _Zygote, spec: SandboxSpec, uid: int | None, work_dir: Path,
+        self,
+        zygote: _Zygote,
+        spec: SandboxSpec,
+        uid: int | None,
+        work_dir: Path,
     ) -> tuple[_Forked, socket.socket, int, int]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         request = {
-            "op": "fork", "workdir": str(work_dir), "uid": uid, "memory_mb": spec.memory_mb,
-            "nproc": NPROC_LIMIT if uid is not None else None, "nofile": NOFILE_LIMIT,
-            "env": {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8",
-                    "HOME": str(work_dir)},
+            "op": "fork",
+            "workdir": str(work_dir),
+            "uid": uid,
+            "memory_mb": spec.memory_mb,
+            "nproc": NPROC_LIMIT if uid is not None else None,
+            "nofile": NOFILE_LIMIT,
+            "env": {
+                "PATH": os.environ.get("PATH", DEFAULT_PATH),
+                "LANG": "C.UTF-8",
+                "HOME": str(work_dir),
+            },
         }
         try:
             try:
@@ -896,25 +967,31 @@ class ProcessSandboxFactory(SandboxFactory):
             if self._zygote is not None and self._zygote.alive:
                 return self._zygote
             if self._zygote is not None:
-                log.warning("the sandbox zygote (pid %d) died; starting a new one",
-                            self._zygote.pid)
+                log.warning(
+                    "the sandbox zygote (pid %d) died; starting a new one", self._zygote.pid
+                )
                 await self._zygote.close()
                 self._zygote = None
             self._zygote = await _start_zygote()
             return self._zygote
 
     def _prepare_work_root(self) -> None:
+        self._prepared = True
         self.work_root.mkdir(parents=True, exist_ok=True)
         if not self.isolated:
             return
+        self._uids.open()
         # 0711: a sandbox user reaches its own 0700 dir by name but cannot list the others.
         os.chmod(self.work_root, 0o711)
         if _reachable_by_others(self.work_root):
             return
         fallback = Path(tempfile.mkdtemp(prefix="squall-sandboxes-"))
         os.chmod(fallback, 0o711)
-        log.warning("sandbox users cannot reach %s (a parent lacks o+x); using %s instead",
-                    self.work_root, fallback)
+        log.warning(
+            "sandbox users cannot reach %s (a parent lacks o+x); using %s instead",
+            self.work_root,
+            fallback,
+        )
         self.work_root = fallback
 
 

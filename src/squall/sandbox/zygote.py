@@ -22,6 +22,7 @@ When the platform closes its end, the zygote kills every sandbox and exits.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import importlib
 import importlib.util
@@ -33,43 +34,105 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
 import traceback
 import types
 from typing import Any
 
 PRELOAD = (
-    "encodings.ascii", "encodings.cp437", "encodings.idna", "encodings.latin_1",
-    "base64", "binascii", "bisect", "calendar", "collections", "contextlib", "copy", "csv",
-    "dataclasses", "datetime", "decimal", "enum", "fractions", "functools", "glob", "gzip",
-    "hashlib", "heapq", "hmac", "html", "http.client", "io", "itertools", "json", "linecache",
-    "logging", "math", "operator", "pathlib", "pprint", "random", "re", "runpy", "secrets",
-    "shutil", "site", "socket", "statistics", "string", "struct", "tempfile", "textwrap",
-    "threading", "time", "traceback", "types", "typing", "unicodedata", "urllib.parse",
-    "urllib.request", "uuid", "zipfile", "zlib",
+    "encodings.ascii",
+    "encodings.cp437",
+    "encodings.idna",
+    "encodings.latin_1",
+    "base64",
+    "binascii",
+    "bisect",
+    "calendar",
+    "collections",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "fractions",
+    "functools",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http.client",
+    "io",
+    "itertools",
+    "json",
+    "linecache",
+    "logging",
+    "math",
+    "operator",
+    "pathlib",
+    "pprint",
+    "random",
+    "re",
+    "runpy",
+    "secrets",
+    "shutil",
+    "site",
+    "socket",
+    "statistics",
+    "string",
+    "struct",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "time",
+    "traceback",
+    "types",
+    "typing",
+    "unicodedata",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "zipfile",
+    "zlib",
 )
 CONTROL_FD = 3  # where a sandbox child finds its control socket
 SWEEP_SECONDS = 2.0
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+M_ARENA_MAX = -8  # mallopt(3)
+THREAD_STACK_BYTES = 2 * 1024 * 1024
 
 
 def main(argv: list[str]) -> None:
+    # Descriptors 0-2 must be taken, or received ones could land there and be clobbered.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)
     sock = socket.socket(fileno=int(argv[1]))
-    launcher = load_launcher(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                          "launcher.py"))
+    launcher = load_launcher(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.py")
+    )
     for name in PRELOAD:
         # A trimmed Python build may lack one: fine, an action needing it fails on its own.
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    prctl = load_prctl()
+    kept_fds = relocate_hidden_paths()
+    libc = load_libc()
+    shrink_address_space_reservations(libc)
+    prctl = Prctl(libc)
     # Orphaned grandchildren (an action's forks) become ours, so we reap them: no zombies.
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     # Objects allocated so far are never collected; keeping the collector off their pages
     # keeps those pages shared with every child.
     gc.freeze()
-    Zygote(sock, launcher, prctl).serve()
+    Zygote(sock, launcher, prctl, kept_fds).serve()
 
 
 def load_launcher(path: str) -> types.ModuleType:
@@ -85,14 +148,8 @@ def load_launcher(path: str) -> types.ModuleType:
 class Prctl:
     """prctl(2) through ctypes; a no-op when ctypes or libc is unavailable."""
 
-    def __init__(self) -> None:
-        self._call: Any = None
-        try:
-            import ctypes
-
-            self._call = ctypes.CDLL(None, use_errno=True).prctl
-        except (ImportError, OSError, AttributeError):
-            self._call = None
+    def __init__(self, libc: Any) -> None:
+        self._call: Any = getattr(libc, "prctl", None)
 
     def __call__(self, option: int, value: int) -> bool:
         if self._call is None:
@@ -100,8 +157,26 @@ class Prctl:
         return bool(self._call(option, value, 0, 0, 0) == 0)
 
 
-def load_prctl() -> Prctl:
-    return Prctl()
+def load_libc() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+def shrink_address_space_reservations(libc: Any) -> None:
+    """RLIMIT_AS counts reserved address space, not memory used; trim the big reservations.
+
+    glibc gives threads their own malloc arenas, each reserving 64 MiB, and threads an 8 MiB
+    stack: a pool of 8 threads would exceed a 256 MB action's limit while using a few MB.
+    Under the GIL one arena costs nothing, and 2 MiB of stack is ample for Python threads.
+    """
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, 1)
+    threading.stack_size(THREAD_STACK_BYTES)
 
 
 def exit_message(pid: int, status: int) -> dict[str, Any]:
@@ -113,15 +188,21 @@ def exit_message(pid: int, status: int) -> dict[str, Any]:
 class Zygote:
     """The fork server's loop: fork requests, kill requests, and reaping."""
 
-    def __init__(self, sock: socket.socket, launcher: types.ModuleType, prctl: Prctl) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        launcher: types.ModuleType,
+        prctl: Prctl,
+        kept_fds: list[int],
+    ) -> None:
         self.sock = sock
         self.launcher = launcher
         self.prctl = prctl
+        self.kept_fds = kept_fds
         self.pid = os.getpid()
         self.children: dict[int, int | None] = {}  # live sandbox pid -> its uid
         self.owners: dict[int, int | None] = {}  # sandbox pid -> uid, until killed
         self.sweepers: dict[int, int] = {}  # sweeper pid -> sandbox pid it answers for
-        self.hidden_paths = unreachable_path_entries()
         self.wake_r, self.wake_w = os.pipe()
 
     # -- loop ---------------------------------------------------------------------------------
@@ -185,6 +266,11 @@ class Zygote:
             if pid in self.children:
                 del self.children[pid]
                 self.send(exit_message(pid, status))
+                if self.owners.get(pid, 0) is None:
+                    # No uid to sweep by later, and once the session is empty its id may be
+                    # reused: kill what is left now, while `pid` still names it.
+                    del self.owners[pid]
+                    kill_tree(pid)
             elif pid in self.sweepers:
                 ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
                 self.send({"killed": self.sweepers.pop(pid), "ok": ok})
@@ -215,7 +301,7 @@ class Zygote:
         code = 1
         try:
             self.forget_zygote_state()
-            Child(request, fds, self.hidden_paths, self.prctl, self.pid).prepare()
+            Child(request, fds, self.kept_fds, self.prctl, self.pid).prepare()
             self.launcher.serve(CONTROL_FD)
             code = 0
         except SystemExit as exc:
@@ -237,16 +323,21 @@ class Zygote:
     # -- kill ---------------------------------------------------------------------------------
 
     def kill(self, pid: int) -> None:
-        if pid in self.children:
-            kill_group(pid)
         if pid in self.sweepers.values():
             return  # a sweep for it is running; its end answers this request too
-        uid = self.owners.pop(pid, None)
+        if pid not in self.owners:
+            self.send({"killed": pid, "ok": True})  # killed before, or never ours
+            return
+        uid = self.owners.pop(pid)
         if uid is None or uid == 0 or uid == os.getuid():
-            # No dedicated uid: its session is the best handle on what the sandbox started.
-            kill_session(pid)
+            # Walk the tree before killing: the dead leader's children would be re-parented.
+            kill_tree(pid)
+            if pid in self.children:
+                kill_group(pid)
             self.send({"killed": pid, "ok": True})
             return
+        if pid in self.children:
+            kill_group(pid)
         try:
             self.sweepers[start_sweeper(uid)] = pid
         except OSError:
@@ -266,12 +357,16 @@ class Child:
     """Turns a freshly forked zygote child into a sandbox: fds, limits, identity, env."""
 
     def __init__(
-        self, request: dict[str, Any], fds: list[int], hidden_paths: list[int], prctl: Prctl,
+        self,
+        request: dict[str, Any],
+        fds: list[int],
+        kept_fds: list[int],
+        prctl: Prctl,
         zygote_pid: int,
     ) -> None:
         self.request = request
         self.fds = fds
-        self.hidden_paths = hidden_paths
+        self.kept_fds = kept_fds
         self.prctl = prctl
         self.zygote_pid = zygote_pid
         uid = request.get("uid")
@@ -281,10 +376,11 @@ class Child:
         os.setsid()  # its own process group, so one killpg ends everything it started
         self.arrange_fds()
         os.chdir(self.request["workdir"])
-        if self.uid is not None:
-            self.reopen_hidden_paths()
-        apply_limits(int(self.request.get("memory_mb") or 0), self.request.get("nproc"),
-                     int(self.request.get("nofile") or 256))
+        apply_limits(
+            int(self.request.get("memory_mb") or 0),
+            self.request.get("nproc"),
+            int(self.request.get("nofile") or 256),
+        )
         if self.uid is not None:
             drop_privileges(self.uid)
         self.prctl(PR_SET_NO_NEW_PRIVS, 1)
@@ -302,32 +398,44 @@ class Child:
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.dup2(control, CONTROL_FD, inheritable=False)
-        # Nothing of the zygote's (its socket, other sandboxes' fds in flight) may leak in.
-        os.closerange(CONTROL_FD + 1, max_fd())
+        # Nothing of the zygote's (its socket, other sandboxes' fds in flight) may leak in;
+        # only the directories of relocate_hidden_paths stay.
+        start = CONTROL_FD + 1
+        for fd in sorted(self.kept_fds):
+            os.closerange(start, fd)
+            start = fd + 1
+        os.closerange(start, max_fd())
 
-    def reopen_hidden_paths(self) -> None:
-        """Keep stdlib dirs the sandbox user cannot reach (e.g. under a 0700 /root) importable.
 
-        A directory opened while still root stays reachable through /proc/self/fd, which
-        checks neither the ancestors' permissions nor, for the process itself, its own
-        non-dumpable state.
-        """
-        moved: dict[str, str] = {}
-        for index in self.hidden_paths:
-            fd = os.open(sys.path[index], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            moved[sys.path[index]] = sys.path[index] = f"/proc/self/fd/{fd}"
-        # Packages imported already (email, encodings, ...) find submodules via __path__.
-        prefixes = sorted(moved, key=len, reverse=True)
-        for module in list(sys.modules.values()):
-            paths = getattr(module, "__path__", None)
-            if isinstance(paths, list):
-                paths[:] = [relocate(path, prefixes, moved) for path in paths]
+def relocate_hidden_paths() -> list[int]:
+    """Keep stdlib dirs a sandbox user cannot reach (e.g. under a 0700 /root) importable.
+
+    A directory opened while root stays reachable through /proc/self/fd/N, which checks
+    neither its ancestors' permissions nor, for the process itself, its non-dumpable state.
+    Done once here, so every child inherits the moved paths and the open directories.
+    Returns the descriptors children must keep.
+    """
+    moved: dict[str, str] = {}
+    for index in unreachable_path_entries():
+        fd = os.open(sys.path[index], os.O_RDONLY | os.O_DIRECTORY)
+        # Above the numbers a child arranges (0-3) for its stdio and control socket.
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+        os.close(fd)
+        moved[sys.path[index]] = sys.path[index] = f"/proc/self/fd/{high}"
+    # Packages imported already (email, encodings, ...) find submodules via __path__.
+    prefixes = sorted(moved, key=len, reverse=True)
+    for module in list(sys.modules.values()):
+        paths = getattr(module, "__path__", None)
+        if isinstance(paths, list):
+            paths[:] = [relocate(path, prefixes, moved) for path in paths]
+    sys.path_importer_cache.clear()
+    return [int(path.rsplit("/", 1)[1]) for path in moved.values()]
 
 
 def relocate(path: str, prefixes: list[str], moved: dict[str, str]) -> str:
     for prefix in prefixes:
         if path == prefix or path.startswith(prefix + os.sep):
-            return moved[prefix] + path[len(prefix):]
+            return moved[prefix] + path[len(prefix) :]
     return path
 
 
@@ -335,8 +443,11 @@ def unreachable_path_entries() -> list[int]:
     """Indexes of sys.path directories a user other than owner and group cannot reach."""
     if os.geteuid() != 0:
         return []
-    return [i for i, entry in enumerate(sys.path)
-            if os.path.isdir(entry) and not reachable_by_others(entry)]
+    return [
+        i
+        for i, entry in enumerate(sys.path)
+        if os.path.isdir(entry) and not reachable_by_others(entry)
+    ]
 
 
 def reachable_by_others(path: str) -> bool:
@@ -434,11 +545,15 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of session `sid` that left the process group."""
+def kill_tree(root: int) -> None:
+    """SIGKILL what a sandbox without a uid of its own started: its session and descendants.
+
+    Descendants cover forks that left the session (setsid) while their parent lives; a
+    daemon that also lost its parent escapes: only a dedicated uid catches that.
+    """
     me = os.getpid()
     for _round in range(3):
-        found = [pid for pid in session_members(sid) if pid != me]
+        found = [pid for pid in tree_members(root) if pid != me]
         if not found:
             return
         for pid in found:
@@ -446,8 +561,9 @@ def kill_session(sid: int) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def session_members(sid: int) -> list[int]:
-    members = []
+def tree_members(root: int) -> set[int]:
+    members: set[int] = set()
+    children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -457,8 +573,18 @@ def session_members(sid: int) -> list[int]:
         except OSError:
             continue
         # After the command name: state, ppid, pgrp, session, ...; zombies need no killing.
-        if fields[0] != b"Z" and int(fields[3]) == sid:
-            members.append(int(name))
+        if fields[0] == b"Z":
+            continue
+        pid = int(name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        if int(fields[3]) == root:
+            members.add(pid)
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in members:
+                members.add(child)
+                pending.append(child)
     return members
 
 
