@@ -280,13 +280,19 @@ class Coordinator(abc.ABC):
 
 @dataclass(slots=True)
 class InitPayload:
-    """The runtime protocol's `/init` value."""
+    """The runtime protocol's `/init` value, plus the limits the sandbox narrows to at init.
+
+    A prewarmed stem cell is created with the largest memory limit; `memory_mb` and
+    `log_limit_bytes` lower it to the action's own, so one stem cell fits every action.
+    """
 
     name: str
     main: str
     code: str
     binary: bool
     env: dict[str, str]
+    memory_mb: int | None = None
+    log_limit_bytes: int | None = None
 
 
 @dataclass(slots=True)

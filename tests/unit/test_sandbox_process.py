@@ -688,3 +688,24 @@ async def test_uids_are_recycled(factory: ProcessSandboxFactory) -> None:
     second = await make(factory, HELLO)
     assert second.uid == uid
     await second.destroy()
+
+
+async def test_stem_cell_narrows_to_the_action_limits(factory: ProcessSandboxFactory) -> None:
+    """A cell created with the largest limits serves a smaller action at that action's limits."""
+    cell = await factory.create(SandboxSpec("python:default", 512, 10 * 1024 * 1024))
+    try:
+        code = (
+            "def main(args):\n"
+            "    blob = bytearray(args['mb'] * 1024 * 1024)\n"
+            "    print('x' * 300)\n"
+            "    return {'mb': len(blob) // (1024 * 1024)}\n"
+        )
+        payload = InitPayload("narrow", "main", code, False, {}, memory_mb=128, log_limit_bytes=100)
+        assert (await cell.init(payload, 10)).failure is None
+        small = await cell.run(RunPayload({"mb": 50}, {}), 10)
+        assert result(small) == {"mb": 50}
+        assert "truncated" in small.logs[-1] and "100 bytes" in small.logs[-1]
+        big = await cell.run(RunPayload({"mb": 300}, {}), 10)
+        assert big.failure == "memory"
+    finally:
+        await cell.destroy()

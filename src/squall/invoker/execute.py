@@ -56,7 +56,15 @@ def init_payload(action: Action, context: dict[str, str]) -> InitPayload:
     for param in action.parameters:
         if param.get("init"):
             env[param["key"]] = str(param.get("value"))
-    return InitPayload(action.name, action.main, action.code, action.binary, env)
+    return InitPayload(
+        action.name,
+        action.main,
+        action.code,
+        action.binary,
+        env,
+        memory_mb=action.limits.memory,
+        log_limit_bytes=action.limits.logs * 1024 * 1024,
+    )
 
 
 async def execute(

@@ -10,6 +10,8 @@ from squall.abc import Sandbox, SandboxFactory, SandboxSpec
 
 log = logging.getLogger("squall.invoker")
 
+REFILL_DELAY_S = 0.05
+
 
 class PrewarmPool:
     """Keeps `count` uninitialised sandboxes of one spec, refilled in the background."""
@@ -32,8 +34,14 @@ class PrewarmPool:
         return cell
 
     def _schedule_refill(self) -> None:
+        # Forking a replacement costs the zygote and the new child a few ms of CPU; started at
+        # once it competes with the cold start that took the cell (2 cores), so wait a little.
         if self._refill is None or self._refill.done():
-            self._refill = asyncio.create_task(self._fill(), name="prewarm-refill")
+            self._refill = asyncio.create_task(self._fill_later(), name="prewarm-refill")
+
+    async def _fill_later(self) -> None:
+        await asyncio.sleep(REFILL_DELAY_S)
+        await self._fill()
 
     async def _fill(self) -> None:
         while not self._closed and len(self._cells) < self.count:
@@ -70,8 +78,5 @@ def runtime_of(kind: str) -> str:
 
 
 def _fits(cell: SandboxSpec, wanted: SandboxSpec) -> bool:
-    return (
-        runtime_of(cell.kind) == runtime_of(wanted.kind)
-        and cell.memory_mb == wanted.memory_mb
-        and cell.log_limit_bytes == wanted.log_limit_bytes
-    )
+    # A cell narrows its memory and log limits at init, so a bigger cell serves any action.
+    return runtime_of(cell.kind) == runtime_of(wanted.kind) and cell.memory_mb >= wanted.memory_mb

@@ -58,8 +58,9 @@ class InvokerService:
         self._api_host, self.invoker_id = api_host, invoker_id
         self._containers: dict[str, _Container] = {}
         self._ids = itertools.count(1)
+        # Stem cells get the largest memory limit and narrow it at init (see PrewarmPool).
         default_spec = SandboxSpec(
-            "python:default", limits.memory_mb.default, limits.logs_mb.default * MB
+            "python:default", limits.memory_mb.maximum, limits.logs_mb.default * MB
         )
         self.prewarm = PrewarmPool(factory, default_spec, settings.prewarm_count)
 

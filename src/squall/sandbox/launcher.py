@@ -24,6 +24,7 @@ import io
 import json
 import linecache
 import os
+import resource
 import site
 import socket
 import sys
@@ -98,6 +99,8 @@ class Launcher:
             return error_reply("Cannot initialize the action more than once.")
         for key, value in (init.get("env") or {}).items():
             os.environ[str(key)] = str(value)
+        if init.get("memory_mb"):
+            lower_memory_limit(int(init["memory_mb"]))
         try:
             module = load_action(init)
             self._main = entry_point(module, init.get("main") or "main")
@@ -123,6 +126,23 @@ class Launcher:
             traceback.print_exc()
             result = {"error": str(exc)}
         return result_reply(result)
+
+
+def lower_memory_limit(memory_mb: int) -> None:
+    """Narrow a stem cell's address-space limit to the action's memory, on top of what the
+    interpreter maps already. Lowering needs no privilege; it can never be raised again."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    wanted = vm_size_bytes() + memory_mb * 1024 * 1024
+    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def vm_size_bytes() -> int:
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def load_action(init: dict[str, Any]) -> types.ModuleType:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import heapq
@@ -495,16 +496,20 @@ class ProcessSandbox(Sandbox):
 
     async def init(self, payload: InitPayload, timeout_s: float) -> SandboxOutcome:
         env = {k: v for k, v in payload.env.items() if not k.startswith("SQUALL_")}
-        message = {
-            "init": {
-                "name": payload.name,
-                "main": payload.main,
-                "code": payload.code,
-                "binary": payload.binary,
-                "env": env,
-            }
+        init: dict[str, Any] = {
+            "name": payload.name,
+            "main": payload.main,
+            "code": payload.code,
+            "binary": payload.binary,
+            "env": env,
         }
-        return await self._call(_encode(message), timeout_s, initializing=True)
+        if payload.memory_mb is not None and payload.memory_mb < self.spec.memory_mb:
+            init["memory_mb"] = payload.memory_mb  # the child lowers its own limit
+            self.spec = dataclasses.replace(self.spec, memory_mb=payload.memory_mb)
+        if payload.log_limit_bytes is not None:
+            self.spec = dataclasses.replace(self.spec, log_limit_bytes=payload.log_limit_bytes)
+            self.current_logs = _Logs(payload.log_limit_bytes)
+        return await self._call(_encode({"init": init}), timeout_s, initializing=True)
 
     async def run(self, payload: RunPayload, timeout_s: float) -> SandboxOutcome:
         message = {"run": {"value": payload.value, "context": payload.context}}
