@@ -84,3 +84,14 @@ async def test_removal_releases_parked_containers() -> None:
     assert (await fetch).content == {"n": 1}
     with pytest.raises(QueueGone):
         await q.fetch(None, 1)
+
+
+async def test_a_message_handed_to_a_cancelled_container_is_not_lost() -> None:
+    q = queue()
+    evicted = asyncio.create_task(q.fetch(None, 5))
+    await asyncio.sleep(0)
+    q.enqueue(message(7))  # handed to the parked fetch...
+    evicted.cancel()  # ...which is evicted before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await evicted
+    assert (await q.fetch(None, 1)).content == {"n": 7}  # type: ignore[union-attr]

@@ -46,7 +46,7 @@ class ControllerService:
         self._bus, self._coordinator = bus, coordinator
         self.limits, self.kinds, self.controller_id = limits, kinds, controller_id
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
-        self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
     async def start(self) -> None:
         self._subscription = self._bus.subscribe(
@@ -156,14 +156,16 @@ class ControllerService:
         if not blocking:
             self._bus.publish(SCHEDULER_TOPIC, message)
             return activation_id, None
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self._waiters[activation_id] = waiter
         self._bus.publish(SCHEDULER_TOPIC, message)
+        # A bare timer instead of asyncio.wait_for: this runs once per blocking invoke.
+        timer = loop.call_later(wait_ms / 1000, _give_up, waiter)
         try:
-            return activation_id, await asyncio.wait_for(waiter, wait_ms / 1000)
-        except TimeoutError:
-            return activation_id, None
+            return activation_id, await waiter
         finally:
+            timer.cancel()
             self._waiters.pop(activation_id, None)
 
     def _check_payload(self, params: dict[str, Any]) -> None:
@@ -172,3 +174,9 @@ class ControllerService:
         size = len(orjson.dumps(params))
         if size > self.limits.payload_bytes:
             raise ApiError(413, too_large("request", size, self.limits.payload_bytes))
+
+
+def _give_up(waiter: asyncio.Future[dict[str, Any] | None]) -> None:
+    """The blocking wait is over: the caller gets 202 and polls for the record."""
+    if not waiter.done():
+        waiter.set_result(None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ INIT_FAILED = "The action failed during initialization"
 
 def new_activation_id() -> str:
     """32 lowercase hex digits, a uuid without dashes."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)

@@ -10,7 +10,10 @@ from squall.abc import Sandbox, SandboxFactory, SandboxSpec
 
 log = logging.getLogger("squall.invoker")
 
-REFILL_DELAY_S = 0.05
+# Forking a replacement costs the zygote and the new child a few ms of CPU. Started at once it
+# competes (on 2 cores) with the cold start that took the cell, so the invoker calls
+# `replenish` when that cold start has finished; this delay is only the fallback.
+REFILL_FALLBACK_S = 0.2
 
 
 class PrewarmPool:
@@ -20,27 +23,29 @@ class PrewarmPool:
         self._factory, self.spec, self.count = factory, spec, count
         self._cells: list[Sandbox] = []
         self._refill: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._closed = False
 
     async def start(self) -> None:
         await self._fill()
 
     def take(self, spec: SandboxSpec) -> Sandbox | None:
-        """A stem cell fitting `spec`, or None; the pool refills itself afterwards."""
+        """A stem cell fitting `spec`, or None. Call `replenish` once the cold start is done."""
         if not self._cells or not _fits(self.spec, spec):
             return None
         cell = self._cells.pop()
-        self._schedule_refill()
-        return cell
-
-    def _schedule_refill(self) -> None:
-        # Forking a replacement costs the zygote and the new child a few ms of CPU; started at
-        # once it competes with the cold start that took the cell (2 cores), so wait a little.
         if self._refill is None or self._refill.done():
             self._refill = asyncio.create_task(self._fill_later(), name="prewarm-refill")
+        return cell
+
+    def replenish(self) -> None:
+        """Refill now: the cold start that took a cell has its answer."""
+        self._wake.set()
 
     async def _fill_later(self) -> None:
-        await asyncio.sleep(REFILL_DELAY_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), REFILL_FALLBACK_S)
+        self._wake.clear()
         await self._fill()
 
     async def _fill(self) -> None:

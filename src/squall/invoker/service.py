@@ -169,5 +169,7 @@ class InvokerService:
                 completed_topic(message.controller_id),
                 Completion(message.activation_id, message.controller_id, executed.record),
             )
+            if container.activations == 1:
+                self.prewarm.replenish()  # the cold start is answered: fork its replacement
             if executed.discard:
                 return

@@ -60,17 +60,31 @@ class MemoryQueue:
         if self.entries:
             self.last_activity = time.monotonic()
             return self.entries.popleft().message
-        waiter: asyncio.Future[ActivationMessage | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[ActivationMessage | None] = loop.create_future()
         self.waiters.append(waiter)
+        # A bare timer instead of asyncio.wait_for: this runs once per warm activation.
+        timer = loop.call_later(timeout_s, _expire, waiter)
         try:
-            message = await asyncio.wait_for(waiter, timeout_s)
-        except TimeoutError:
-            return None
+            return await waiter
+        except asyncio.CancelledError:
+            self._give_back(waiter)
+            raise
+        finally:
+            timer.cancel()
+
+    def _give_back(self, waiter: asyncio.Future[ActivationMessage | None]) -> None:
+        """A container cancelled (evicted) after being handed a message must not lose it."""
+        if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
+            return
+        message = waiter.result()
         if message is None:
-            raise QueueGone(str(self.key))
-        return message
+            return
+        self.entries.appendleft(_Entry(time.monotonic(), message))
+        while self.waiters and self.entries:
+            other = self.waiters.popleft()
+            if not other.done():
+                other.set_result(self.entries.popleft().message)
 
     def _record_duration(self, duration_ms: float) -> None:
         self.durations.append(duration_ms)
@@ -102,8 +116,13 @@ class MemoryQueue:
         self.removed = True
         for waiter in self.waiters:
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_exception(QueueGone(str(self.key)))
         self.waiters.clear()
         left = [e.message for e in self.entries]
         self.entries.clear()
         return left
+
+
+def _expire(waiter: asyncio.Future[ActivationMessage | None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
