@@ -30,6 +30,7 @@ from squall.controller.http import (
     parse_json_object,
     query_bool,
     query_int,
+    query_value,
     read_body,
 )
 from squall.controller.service import ACTIONS, ControllerService
@@ -200,7 +201,7 @@ class Api:
         return json_response(records if docs else [brief(r) for r in records], transaction_id=tid)
 
     def _activation_name(self, request: Request) -> str | None:
-        name = request.query_params.get("name")
+        name = query_value(request, "name")
         if not name:
             return None
         try:
