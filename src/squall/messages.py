@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from squall.entities.action import Action
+from squall.entities.activation import ActivationResponse, build_record
 
 MESSAGE_VERSION = 1
 
@@ -53,6 +54,38 @@ class ActivationMessage:
     @property
     def queue_key(self) -> QueueKey:
         return QueueKey(self.invocation_namespace, self.action.qualified, self.revision)
+
+    def record(
+        self,
+        *,
+        start: int,
+        end: int,
+        response: ActivationResponse,
+        logs: list[str],
+        annotations: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """This activation's record; the path, kind and limits annotations are added here."""
+        action = self.action
+        return build_record(
+            namespace=self.invocation_namespace,
+            name=action.name,
+            version=action.version,
+            subject=self.subject,
+            activation_id=self.activation_id,
+            start=start,
+            end=end,
+            response=response,
+            logs=logs,
+            annotations=[
+                {"key": "path", "value": action.qualified},
+                {"key": "kind", "value": action.kind},
+                {"key": "limits", "value": action.limits.to_json()},
+                *annotations,
+                *self.extra_annotations,
+            ],
+            cause=self.cause,
+            publish=action.publish,
+        )
 
 
 @dataclass(slots=True)

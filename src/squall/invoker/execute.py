@@ -11,7 +11,6 @@ from squall.entities.action import Action
 from squall.entities.activation import (
     NO_RESPONSE,
     ActivationResponse,
-    build_record,
     developer_error,
     interpret_result,
 )
@@ -130,30 +129,17 @@ def _finish(
     outcome: SandboxOutcome,
     run_ms: float,
 ) -> Executed:
-    action = message.action
-    end_ms = int(time.time() * 1000)
     annotations: list[dict[str, Any]] = [
-        {"key": "path", "value": action.qualified},
         {"key": "waitTime", "value": wait_ms},
-        {"key": "kind", "value": action.kind},
         {"key": "timeout", "value": outcome.timed_out},
-        {"key": "limits", "value": action.limits.to_json()},
     ]
     if init_ms is not None:
         annotations.append({"key": "initTime", "value": init_ms})
-    annotations.extend(message.extra_annotations)
-    record = build_record(
-        namespace=message.invocation_namespace,
-        name=action.name,
-        version=action.version,
-        subject=message.subject,
-        activation_id=message.activation_id,
+    record = message.record(
         start=start_ms,
-        end=end_ms,
+        end=int(time.time() * 1000),
         response=response,
         logs=logs,
         annotations=annotations,
-        cause=message.cause,
-        publish=action.publish,
     )
     return Executed(record, discard=outcome.fatal, run_ms=run_ms)

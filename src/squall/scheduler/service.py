@@ -19,7 +19,6 @@ from squall.entities.activation import (
     DEVELOPER_ERROR,
     WHISK_ERROR,
     ActivationResponse,
-    build_record,
 )
 from squall.errors import QueueGone
 from squall.messages import (
@@ -247,24 +246,12 @@ class SchedulerService:
 
     def _fail(self, message: ActivationMessage, error: str, status: int) -> None:
         now = int(time.time() * 1000)
-        action = message.action
-        record = build_record(
-            namespace=message.invocation_namespace,
-            name=action.name,
-            version=action.version,
-            subject=message.subject,
-            activation_id=message.activation_id,
+        record = message.record(
             start=now,
             end=now,
             response=ActivationResponse(status, {"error": error}),
             logs=[],
-            annotations=[
-                {"key": "path", "value": action.qualified},
-                {"key": "kind", "value": action.kind},
-                {"key": "limits", "value": action.limits.to_json()},
-                *message.extra_annotations,
-            ],
-            cause=message.cause,
+            annotations=[],
         )
         self._activations.store(record)
         self._bus.publish(
