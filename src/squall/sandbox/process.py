@@ -13,11 +13,7 @@ one future and one timer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import datetime
-import fcntl
-import heapq
 import itertools
 import json
 import logging
@@ -27,12 +23,8 @@ import shutil
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,24 +39,19 @@ from squall.abc import (
     SandboxSpec,
 )
 from squall.errors import SandboxError
+from squall.sandbox.logs import LogBuffer, LogStream
+from squall.sandbox.supervisor import DEFAULT_PATH, KILL_WAIT_S, ChildExit, Forked, Zygote
+from squall.sandbox.uids import UidPool, sweep_uid
 
 log = logging.getLogger(__name__)
 
 KINDS = ("python:3", "python:3.11", "python:default")
-ZYGOTE_PATH = Path(__file__).with_name("zygote.py")
-SENTINEL_LINE = b"XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX\n"
-SENTINEL = SENTINEL_LINE[:-1]
 RESULT_PREFIX = b'{"result":'
-TRUNCATED_NOTE = "Logs were truncated because the total bytes size exceeds the limit of {} bytes."
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 SENTINEL_GRACE_S = 0.05  # how long logs may trail the reply before the call ends without them
 EXIT_WAIT_S = 1.0  # how long a dead child's exit status may take to arrive
-KILL_WAIT_S = 5.0  # a uid sweep takes at most 2 s in the zygote
-ZYGOTE_START_S = 15.0
 NPROC_LIMIT = 64
 NOFILE_LIMIT = 256
-MAX_UID_SLOTS = 100_000
 
 # Why a call stopped waiting.
 _REPLY, _TIMEOUT, _DEAD = 0, 1, 2
@@ -72,323 +59,9 @@ _REPLY, _TIMEOUT, _DEAD = 0, 1, 2
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
-@dataclass(slots=True, frozen=True)
-class ChildExit:
-    """How a sandbox's main process ended; both None when the zygote died and took it along."""
-
-    status: int | None
-    signal: int | None
-
-    def describe(self) -> str:
-        if self.signal is not None:
-            return f"crashed: killed by signal {self.signal}"
-        if self.status is not None:
-            return f"crashed: exit status {self.status}"
-        return "crashed: the sandbox supervisor died"
-
-
-_Forked = tuple[int, "asyncio.Future[ChildExit]"]
-
-
-# ---------------------------------------------------------------------------------------------
-# The zygote
-# ---------------------------------------------------------------------------------------------
-
-
-class _Zygote:
-    """The zygote process and the SOCK_SEQPACKET socket to it (see zygote.py for messages)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self.process = subprocess.Popen(
-                # -S: actions see the stdlib only, never the platform's site-packages.
-                [sys.executable, "-I", "-S", str(ZYGOTE_PATH), str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                env=_zygote_env(),
-                close_fds=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                # Out of the terminal's reach: Ctrl-C is for the platform, which then closes
-                # the zygote's socket to shut it down cleanly.
-                start_new_session=True,
-            )
-        except BaseException:
-            self._sock.close()
-            raise
-        finally:
-            theirs.close()
-        self._sock.setblocking(False)
-        self.alive = True
-        self._ids = itertools.count(1)
-        self._ready: asyncio.Future[None] = loop.create_future()
-        self._forks: dict[int, asyncio.Future[_Forked]] = {}
-        self._exits: dict[int, asyncio.Future[ChildExit]] = {}
-        self._kills: dict[int, asyncio.Future[bool]] = {}
-        loop.add_reader(self._sock.fileno(), self._readable)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def wait_ready(self) -> None:
-        async with asyncio.timeout(ZYGOTE_START_S):
-            await self._ready
-
-    async def fork(self, request: dict[str, Any], fds: list[int]) -> _Forked:
-        """The new child's pid, and a future resolved when it dies."""
-        if not self.alive:
-            raise SandboxError("the sandbox zygote is not running")
-        request["id"] = request_id = next(self._ids)
-        future: asyncio.Future[_Forked] = self._loop.create_future()
-        self._forks[request_id] = future
-        try:
-            socket.send_fds(self._sock, [orjson.dumps(request)], fds)
-            async with asyncio.timeout(ZYGOTE_START_S):
-                return await future
-        except (OSError, TimeoutError) as exc:
-            raise SandboxError(f"the sandbox zygote did not fork: {exc!r}") from exc
-        finally:
-            self._forks.pop(request_id, None)
-
-    def request_kill(self, pid: int) -> asyncio.Future[bool]:
-        """Ask for the sandbox's processes to be killed; True once nothing of it is left."""
-        future = self._kills.get(pid)
-        if future is not None:
-            return future  # one sweep answers every request for the same sandbox
-        future = self._loop.create_future()
-        if not self.alive:
-            future.set_result(False)
-            return future
-        self._kills[pid] = future
-        self._send({"op": "kill", "pid": pid})
-        return future
-
-    async def kill(self, pid: int) -> bool:
-        future = self.request_kill(pid)
-        done, _pending = await asyncio.wait((future,), timeout=KILL_WAIT_S)
-        return bool(done and future.result())
-
-    async def close(self) -> None:
-        """Close the socket (the zygote then kills every sandbox and exits) and reap it."""
-        self._lost()
-        self._sock.close()
-        for _ in range(500):
-            if self.process.poll() is not None:
-                return
-            await asyncio.sleep(0.01)
-        self.process.kill()
-        self.process.wait()
-
-    # -- messages -------------------------------------------------------------------------
-
-    def _send(self, message: dict[str, Any]) -> None:
-        try:
-            self._sock.send(orjson.dumps(message))
-        except OSError:
-            self._lost()
-
-    def _readable(self) -> None:
-        while True:
-            try:
-                data = self._sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._lost()
-                return
-            self._dispatch(orjson.loads(data))
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        if "exited" in message:
-            exited = self._exits.pop(message["exited"], None)
-            _resolve(exited, ChildExit(message.get("status"), message.get("signal")))
-        elif "killed" in message:
-            _resolve(self._kills.pop(message["killed"], None), bool(message.get("ok")))
-        elif "forked" in message:
-            self._forked(message["forked"], message.get("id"))
-        elif "error" in message:
-            future = self._forks.pop(message.get("id") or 0, None)
-            if future is not None and not future.done():
-                future.set_exception(SandboxError(f"sandbox fork failed: {message['error']}"))
-        elif "ready" in message:
-            _resolve(self._ready, None)
-
-    def _forked(self, pid: int, request_id: int | None) -> None:
-        exited: asyncio.Future[ChildExit] = self._loop.create_future()
-        self._exits[pid] = exited
-        future = self._forks.pop(request_id or 0, None)
-        if future is None or future.done():
-            self.request_kill(pid)  # its creator gave up waiting: do not leave it running
-            return
-        future.set_result((pid, exited))
-
-    def _lost(self) -> None:
-        if not self.alive:
-            return
-        self.alive = False
-        self._loop.remove_reader(self._sock.fileno())
-        # Sandbox children die with the zygote (PR_SET_PDEATHSIG).
-        for exited in self._exits.values():
-            _resolve(exited, ChildExit(None, None))
-        for killed in self._kills.values():
-            _resolve(killed, False)
-        for fork in self._forks.values():
-            if not fork.done():
-                fork.set_exception(SandboxError("the sandbox zygote died"))
-        if not self._ready.done():
-            self._ready.set_exception(SandboxError("the sandbox zygote exited during start"))
-        self._exits.clear()
-        self._kills.clear()
-        self._forks.clear()
-
-
-def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
-    if future is not None and not future.done():
-        future.set_result(value)
-
-
-def _zygote_env() -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8", "HOME": "/nonexistent"}
-
-
 # ---------------------------------------------------------------------------------------------
 # Logs
 # ---------------------------------------------------------------------------------------------
-
-
-_second_cache: list[Any] = [-1, ""]  # the last whole second and its formatted text
-
-
-def _timestamp() -> str:
-    """UTC with microseconds and Z, as OpenWhisk logs show; strftime only once per second."""
-    now = time.time()
-    second = int(now)
-    if second != _second_cache[0]:
-        moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
-        _second_cache[:] = [second, moment.strftime("%Y-%m-%dT%H:%M:%S")]
-    return f"{_second_cache[1]}.{int((now - second) * 1_000_000):06d}Z"
-
-
-class _Logs:
-    """One activation's log lines, in arrival order, up to the byte limit."""
-
-    __slots__ = ("limit", "lines", "remaining", "truncated")
-
-    def __init__(self, limit: int) -> None:
-        self.lines: list[str] = []
-        self.limit = limit
-        self.remaining = limit
-        self.truncated = False
-
-    def add(self, stream: str, raw: bytes, stamp: str) -> None:
-        if self.truncated:
-            return
-        if len(raw) > self.remaining:
-            self.truncate(stamp)
-            return
-        self.remaining -= len(raw)
-        self.lines.append(f"{stamp} {stream}: {raw.decode('utf-8', 'replace')}")
-
-    def truncate(self, stamp: str) -> None:
-        if not self.truncated:
-            self.truncated = True
-            self.lines.append(f"{stamp} stderr: {TRUNCATED_NOTE.format(self.limit)}")
-
-
-class _LogStream(asyncio.Protocol):
-    """Reads one of a sandbox's output pipes, always, and counts the activation sentinels."""
-
-    def __init__(self, sandbox: ProcessSandbox, name: str) -> None:
-        self._sandbox = sandbox
-        self.name = name
-        self.sentinels = 0
-        self.eof = False
-        self.fd = -1  # the pipe's read end, once connected
-        self._buf = b""  # the current line's start; never holds a newline
-
-    def data_received(self, data: bytes) -> None:
-        logs = self._sandbox.current_logs
-        found = self._scan(data) if logs.truncated else self._split(data, logs)
-        if found:
-            self._sandbox.streams_progressed()
-
-    def eof_received(self) -> bool | None:
-        self._finish()
-        return None
-
-    def read_now(self) -> None:
-        """Read what the pipe holds without waiting for the loop's turn.
-
-        The launcher writes its sentinels before its reply, so once the reply is here they
-        are in the pipe: reading them at once saves a loop iteration per call.
-        """
-        if self.eof or self.fd < 0:
-            return
-        try:
-            data = os.read(self.fd, 262144)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return  # the transport reports the error on its next read
-        if data:
-            self.data_received(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._finish()
-
-    def flush_partial(self, logs: _Logs) -> None:
-        """A last line without its newline still belongs to the logs."""
-        if self._buf and not logs.truncated:
-            logs.add(self.name, self._buf, _timestamp())
-        self._buf = b""
-
-    def _finish(self) -> None:
-        if not self.eof:
-            self.eof = True
-            self.flush_partial(self._sandbox.current_logs)
-            self._sandbox.streams_progressed()
-
-    def _split(self, data: bytes, logs: _Logs) -> bool:
-        buf = self._buf + data if self._buf else data
-        if b"\n" not in data:
-            self._buf = buf
-            if len(buf) > logs.remaining:
-                self._overflow(logs)  # this line alone exceeds what is left
-            return False
-        *lines, rest = buf.split(b"\n")
-        found = False
-        stamp = ""  # one stamp per read, made on the first line: lines read together share it
-        for line in lines:
-            if line.endswith(SENTINEL):
-                self.sentinels += 1
-                found = True
-                line = line[: -len(SENTINEL)]  # text printed without a newline before it
-                if not line:
-                    continue
-            stamp = stamp or _timestamp()
-            logs.add(self.name, line, stamp)
-        self._buf = rest
-        if len(rest) > logs.remaining:
-            self._overflow(logs)
-        return found
-
-    def _overflow(self, logs: _Logs) -> None:
-        logs.truncate(_timestamp())
-        self._buf = self._buf[-(len(SENTINEL_LINE) - 1) :]
-
-    def _scan(self, data: bytes) -> bool:
-        """Past the limit: only look for sentinels, keeping no more than a sentinel's length."""
-        buf = self._buf + data
-        count = buf.count(SENTINEL_LINE)
-        if count:
-            self.sentinels += count
-            buf = buf[buf.rfind(SENTINEL_LINE) + len(SENTINEL_LINE) :]
-        self._buf = buf[-(len(SENTINEL_LINE) - 1) :]
-        return count > 0
 
 
 class _Control(asyncio.Protocol):
@@ -431,10 +104,10 @@ class ProcessSandbox(Sandbox):
     def __init__(
         self,
         factory: ProcessSandboxFactory,
-        zygote: _Zygote,
+        zygote: Zygote,
         sandbox_id: str,
         spec: SandboxSpec,
-        forked: _Forked,
+        forked: Forked,
         slot: int | None,
         work_dir: Path,
     ) -> None:
@@ -449,9 +122,9 @@ class ProcessSandbox(Sandbox):
         self._loop = asyncio.get_running_loop()
         self._exit.add_done_callback(self._exited)
         self._oom_kills = oom_kill_count()
-        self.current_logs = _Logs(spec.log_limit_bytes)
-        self._out = _LogStream(self, "stdout")
-        self._err = _LogStream(self, "stderr")
+        self.current_logs = LogBuffer(spec.log_limit_bytes)
+        self._out = LogStream(self, "stdout")
+        self._err = LogStream(self, "stderr")
         self._control: asyncio.Transport | None = None
         self._control_closed = False
         self._transports: list[asyncio.BaseTransport] = []
@@ -508,7 +181,7 @@ class ProcessSandbox(Sandbox):
             self.spec = dataclasses.replace(self.spec, memory_mb=payload.memory_mb)
         if payload.log_limit_bytes is not None:
             self.spec = dataclasses.replace(self.spec, log_limit_bytes=payload.log_limit_bytes)
-            self.current_logs = _Logs(payload.log_limit_bytes)
+            self.current_logs = LogBuffer(payload.log_limit_bytes)
         return await self._call(_encode({"init": init}), timeout_s, initializing=True)
 
     async def run(self, payload: RunPayload, timeout_s: float) -> SandboxOutcome:
@@ -663,7 +336,7 @@ class ProcessSandbox(Sandbox):
         if final:
             self._out.flush_partial(logs)
             self._err.flush_partial(logs)
-        self.current_logs = _Logs(self.spec.log_limit_bytes)
+        self.current_logs = LogBuffer(self.spec.log_limit_bytes)
         return logs.lines
 
     # -- events from the protocols -------------------------------------------------------------
@@ -725,108 +398,9 @@ def oom_kill_count() -> int:
     return 0
 
 
-def sweep_uid(uid: int) -> bool:
-    """Without the zygote: SIGKILL every process of `uid` (ours alone, see _UidPool).
-
-    Repeated because a fork bomb keeps forking while we scan; True when nothing is left.
-    """
-    for _round in range(20):
-        found = _processes_of_uid(uid)
-        if not found:
-            return True
-        for pid in found:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-    return not _processes_of_uid(uid)
-
-
-def _processes_of_uid(uid: int) -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit() and _real_uid(name) == uid]
-
-
-def _real_uid(pid: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Sandbox uids
 # ---------------------------------------------------------------------------------------------
-
-
-class _UidPool:
-    """Dedicated uids, exclusive host-wide: a slot is ours while we hold a lock on its file.
-
-    Other Squall instances (or test runs) on the same host use the same uid range; without the
-    locks one instance's uid sweep would kill another's sandboxes. A slot stays locked while in
-    our free list, so recycling it needs no check; a new one is used only if no process runs
-    under its uid.
-    """
-
-    def __init__(self, base: int) -> None:
-        self.base = base
-        self._dir: Path | None = None
-        self._locks: dict[int, int] = {}  # slot -> the locked file's descriptor
-        self._free: list[int] = []
-        self._next = 0
-
-    def open(self) -> None:
-        self._dir = _lock_dir()
-
-    def take(self) -> int:
-        if self._free:
-            return heapq.heappop(self._free)
-        while self._next < MAX_UID_SLOTS:
-            slot = self._next
-            self._next += 1
-            if self._lock(slot):
-                return slot
-        raise SandboxError(f"no free sandbox uid in {self.base}..{self.base + MAX_UID_SLOTS}")
-
-    def give_back(self, slot: int) -> None:
-        heapq.heappush(self._free, slot)
-
-    def close(self) -> None:
-        for fd in self._locks.values():
-            os.close(fd)
-        self._locks.clear()
-        self._free.clear()
-        self._next = 0
-
-    def _lock(self, slot: int) -> bool:
-        if self._dir is None:
-            self.open()
-        assert self._dir is not None
-        uid = self.base + slot
-        fd = os.open(self._dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False  # another instance holds it
-        if _processes_of_uid(uid):
-            os.close(fd)
-            log.warning("uid %d has processes nobody owns; skipping it", uid)
-            return False
-        self._locks[slot] = fd
-        return True
-
-
-def _lock_dir() -> Path:
-    """A root-only directory shared by every Squall instance on this host."""
-    base = Path("/run") if Path("/run").is_dir() else Path(tempfile.gettempdir())
-    path = base / "squall-sandbox-uids"
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-        raise SandboxError(f"{path} must be a directory owned by root and writable only by it")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -855,10 +429,10 @@ class ProcessSandboxFactory(SandboxFactory):
                 "user, so they can read its files and signal its processes, and fork bombs are "
                 "not contained; run as root for a dedicated uid per sandbox"
             )
-        self._zygote: _Zygote | None = None
+        self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
         self._sandboxes: dict[str, ProcessSandbox] = {}
-        self._uids = _UidPool(run_as_root_uid_base)
+        self._uids = UidPool(run_as_root_uid_base)
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(3)
         self._closed = False
@@ -928,11 +502,11 @@ class ProcessSandboxFactory(SandboxFactory):
 
     async def _fork(
         self,
-        zygote: _Zygote,
+        zygote: Zygote,
         spec: SandboxSpec,
         uid: int | None,
         work_dir: Path,
-    ) -> tuple[_Forked, socket.socket, int, int]:
+    ) -> tuple[Forked, socket.socket, int, int]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -964,7 +538,7 @@ class ProcessSandboxFactory(SandboxFactory):
             raise
         return forked, ours, out_r, err_r
 
-    async def _running_zygote(self) -> _Zygote:
+    async def _running_zygote(self) -> Zygote:
         zygote = self._zygote
         if zygote is not None and zygote.alive:
             return zygote
@@ -1000,8 +574,8 @@ class ProcessSandboxFactory(SandboxFactory):
         self.work_root = fallback
 
 
-async def _start_zygote() -> _Zygote:
-    zygote = _Zygote(asyncio.get_running_loop())
+async def _start_zygote() -> Zygote:
+    zygote = Zygote(asyncio.get_running_loop())
     try:
         await zygote.wait_ready()
     except BaseException as exc:
