@@ -67,6 +67,36 @@ async function main() {
   assert.ok(activations.some((a) => a.activationId === accepted.activationId));
   step("activation-list", activations.length);
 
+  const triggerName = name + "-trigger";
+  const ruleName = name + "-rule";
+  const trigger = await ow.triggers.create({
+    name: triggerName,
+    trigger: { parameters: [{ key: "name", value: "trigger" }] },
+  });
+  assert.strictEqual(trigger.name, triggerName);
+  const rule = await ow.rules.create({ name: ruleName, trigger: triggerName, action: name });
+  assert.strictEqual(rule.status, "active");
+  assert.deepStrictEqual(rule.action, { path: "guest", name });
+  step("trigger-rule", rule.name);
+
+  const fired = await ow.triggers.invoke({ name: triggerName, params: { extra: 1 } });
+  assert.match(fired.activationId, /^[0-9a-f]{32}$/);
+  const triggerActivation = await pollActivation(fired.activationId);
+  const entry = JSON.parse(triggerActivation.logs[0]);
+  assert.strictEqual(entry.success, true, JSON.stringify(entry));
+  const ruled = await pollActivation(entry.activationId);
+  assert.strictEqual(ruled.cause, fired.activationId);
+  assert.deepStrictEqual(ruled.response.result, { greeting: "Hello trigger" });
+  step("fire", fired.activationId);
+
+  await ow.rules.disable({ name: ruleName });
+  assert.strictEqual((await ow.rules.get({ name: ruleName })).status, "inactive");
+  await ow.rules.enable({ name: ruleName });
+  assert.strictEqual((await ow.rules.get({ name: ruleName })).status, "active");
+  await ow.rules.delete({ name: ruleName });
+  await ow.triggers.delete({ name: triggerName });
+  step("rule-toggle-delete", ruleName);
+
   await ow.actions.delete({ name });
   try {
     await ow.actions.get({ name });

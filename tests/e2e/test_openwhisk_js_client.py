@@ -40,6 +40,9 @@ def test_official_client_drives_squall(server: ServerProcess) -> None:
         "activation",
         "logs",
         "activation-list",
+        "trigger-rule",
+        "fire",
+        "rule-toggle-delete",
         "delete",
         "done",
     ]

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,45 @@ def test_cli_against_a_real_server(server: ServerProcess, tmp_path: Path) -> Non
     assert "Traceback" not in missing.stderr
     deleted = squall(server, tmp_path, "action", "delete", "cli-hello")
     assert deleted.returncode == 0 and "ok: deleted action cli-hello" in deleted.stdout
+
+
+def test_cli_triggers_and_rules_against_a_real_server(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    setup = squall(
+        server, tmp_path, "property", "set", "--apihost", server.url, "--auth", GUEST_AUTH
+    )
+    assert setup.returncode == 0, setup.stderr
+    suffix = uuid.uuid4().hex[:8]
+    action, trigger, rule = f"cli-echo-{suffix}", f"cli-tick-{suffix}", f"cli-every-{suffix}"
+    code = tmp_path / "echo.py"
+    code.write_text("def main(args):\n    return args\n")
+    steps = [
+        ("action", "create", action, str(code)),
+        ("trigger", "create", trigger, "-p", "source", "cli"),
+        ("rule", "create", rule, trigger, action),
+    ]
+    for step in steps:
+        done = squall(server, tmp_path, *step)
+        assert done.returncode == 0 and done.stdout.startswith("ok: created"), done.stderr
+    fired = squall(server, tmp_path, "trigger", "fire", trigger, "-p", "n", "1")
+    assert fired.returncode == 0, fired.stderr
+    match = re.fullmatch(rf"ok: triggered /_/{trigger} with id ([0-9a-f]{{32}})\n", fired.stdout)
+    assert match, fired.stdout
+    trigger_id = match.group(1)
+    listed = ""
+    for _ in range(100):
+        listed = squall(server, tmp_path, "activation", "list", "--limit", "50").stdout
+        if trigger_id in listed and f"guest/{action}" in listed:
+            break
+        time.sleep(0.1)
+    assert f"guest/{trigger}:0.0.1" in listed and f"guest/{action}:0.0.1" in listed, listed
+    assert squall(server, tmp_path, "rule", "disable", rule).stdout == f"ok: disabled rule {rule}\n"
+    idle = squall(server, tmp_path, "trigger", "fire", trigger)
+    assert idle.returncode == 0 and "no active rule" in idle.stdout, idle.stdout + idle.stderr
+    for kind, name in (("rule", rule), ("trigger", trigger), ("action", action)):
+        deleted = squall(server, tmp_path, kind, "delete", name)
+        assert deleted.returncode == 0, deleted.stderr
 
 
 PROBE = """

@@ -476,6 +476,224 @@ def test_blocking_invoke_that_outlives_the_wait_reports_the_id(
     assert f"squall activation get {ACTIVATION_ID}" in result.stderr
 
 
+# -------------------------------------------------------------------------- triggers, rules
+
+FEED = "/whisk.system/alarms/alarm"
+FEED_URL = "/namespaces/whisk.system/actions/alarms/alarm"
+
+
+def trigger(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "namespace": "guest",
+        "name": "tick",
+        "version": "0.0.1",
+        "publish": False,
+        "parameters": [],
+        "annotations": [],
+        "limits": {},
+        "updated": 1,
+    }
+    return {**base, **overrides}
+
+
+def test_trigger_create_update_get_list_delete(run: Run, server: FakeWhiskServer) -> None:
+    server.answer("PUT", "/namespaces/_/triggers/tick", trigger())
+    server.answer("GET", "/namespaces/_/triggers/tick", trigger())
+    server.answer("GET", "/namespaces/_/triggers", [trigger()])
+    server.answer("DELETE", "/namespaces/_/triggers/tick", trigger())
+
+    created = run("trigger", "create", "tick", "-p", "n", "1", "-a", "description", "every tick")
+    assert created.exit_code == 0, created.output
+    assert created.stdout == "ok: created trigger tick\n"
+    assert server.last.url.query == b""
+    assert sent_json(server.last) == {
+        "parameters": [{"key": "n", "value": 1}],
+        "annotations": [{"key": "description", "value": "every tick"}],
+    }
+
+    updated = run("trigger", "update", "tick", "-p", "n", "2")
+    assert updated.exit_code == 0, updated.output
+    get, put = server.requests[-2:]
+    assert (get.method, put.method) == ("GET", "PUT")  # update looks for a feed first
+    assert put.url.params["overwrite"] == "true"
+    assert sent_json(put) == {"parameters": [{"key": "n", "value": 2}]}
+
+    got = run("trigger", "get", "tick")
+    assert got.stdout.startswith("ok: got trigger tick\n")
+    assert json.loads(got.stdout.split("\n", 1)[1]) == trigger()
+
+    listed = run("trigger", "list", "--limit", "3")
+    assert dict(server.last.url.params) == {"limit": "3"}
+    assert listed.stdout.splitlines() == ["triggers", "/guest/tick  private"]
+
+    deleted = run("trigger", "delete", "tick")
+    assert deleted.exit_code == 0, deleted.output
+    assert [r.method for r in server.requests[-2:]] == ["GET", "DELETE"]
+    assert deleted.stdout == "ok: deleted trigger tick\n"
+
+
+def test_trigger_create_with_a_feed_invokes_it(run: Run, server: FakeWhiskServer) -> None:
+    server.answer("PUT", "/namespaces/_/triggers/tick", trigger())
+    server.answer("GET", "/namespaces", ["guest"])
+    server.answer("POST", FEED_URL, record(name="alarm"))
+
+    result = run("trigger", "create", "tick", "--feed", FEED, "-p", "cron", "*/2 * * * *")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "ok: created trigger tick\n"
+    put, namespaces, invoke = server.requests
+    # The trigger carries the feed annotation; the parameters go to the feed, not the trigger.
+    assert sent_json(put) == {"annotations": [{"key": "feed", "value": FEED}]}
+    assert namespaces.url.path == "/api/v1/namespaces"
+    assert dict(invoke.url.params) == {"blocking": "true"}
+    assert sent_json(invoke) == {
+        "cron": "*/2 * * * *",
+        "lifecycleEvent": "CREATE",
+        "triggerName": "/guest/tick",
+        "authKey": AUTH,
+    }
+
+
+def test_a_failing_feed_deletes_the_new_trigger(run: Run, server: FakeWhiskServer) -> None:
+    server.answer("PUT", "/namespaces/guest/triggers/tick", trigger())
+    server.answer("DELETE", "/namespaces/guest/triggers/tick", trigger())
+    failed = record(
+        response={
+            "status": "application error",
+            "statusCode": 1,
+            "success": False,
+            "result": {"error": "cron pattern is not valid"},
+        }
+    )
+    headers = {"x-openwhisk-activation-id": ACTIVATION_ID}
+    feed_url = "/namespaces/guest/actions/feeds/alarm"
+    server.answer("POST", feed_url, failed, status=502, headers=headers)
+
+    result = run("trigger", "create", "/guest/tick", "--feed", "/guest/feeds/alarm")
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: feed /guest/feeds/alarm failed to create trigger /guest/tick: "
+        "cron pattern is not valid\n"
+    )
+    assert [r.method for r in server.requests] == ["PUT", "POST", "DELETE"]
+    assert sent_json(server.requests[1])["triggerName"] == "/guest/tick"  # no lookup needed
+
+
+def test_feed_triggers_are_updated_and_deleted_through_their_feed(
+    run: Run, server: FakeWhiskServer
+) -> None:
+    fed = trigger(annotations=[{"key": "feed", "value": FEED}])
+    server.answer("GET", "/namespaces/_/triggers/tick", fed)
+    server.answer("GET", "/namespaces", ["guest"])
+    server.answer("POST", FEED_URL, record(name="alarm"))
+    server.answer("DELETE", "/namespaces/_/triggers/tick", fed)
+
+    updated = run("trigger", "update", "tick", "-p", "cron", "0 * * * *")
+    assert updated.exit_code == 0, updated.output
+    assert [r.method for r in server.requests] == ["GET", "GET", "POST"]  # no PUT
+    assert sent_json(server.last) == {
+        "cron": "0 * * * *",
+        "lifecycleEvent": "UPDATE",
+        "triggerName": "/guest/tick",
+        "authKey": AUTH,
+    }
+
+    server.requests.clear()
+    deleted = run("trigger", "delete", "tick")
+    assert deleted.exit_code == 0, deleted.output
+    assert [r.method for r in server.requests] == ["GET", "GET", "POST", "DELETE"]
+    assert sent_json(server.requests[2])["lifecycleEvent"] == "DELETE"
+    assert deleted.stdout == "ok: deleted trigger tick\n"
+
+    other_feed = run("trigger", "update", "tick", "--feed", "/other/feed")
+    assert other_feed.exit_code == 2 and "already has the feed" in other_feed.stderr
+
+
+def test_trigger_delete_goes_on_when_the_feed_fails(run: Run, server: FakeWhiskServer) -> None:
+    fed = trigger(annotations=[{"key": "feed", "value": "/guest/feeds/alarm"}])
+    server.answer("GET", "/namespaces/_/triggers/tick", fed)
+    server.answer("GET", "/namespaces", ["guest"])
+    server.answer("DELETE", "/namespaces/_/triggers/tick", fed)
+    # The feed action is missing: 404 from the API.
+
+    result = run("trigger", "delete", "tick")
+
+    assert result.exit_code == 0, result.output
+    assert server.last.method == "DELETE"
+    assert "warning: feed /guest/feeds/alarm failed" in result.stderr
+
+
+def test_trigger_fire_prints_the_id_or_a_note(run: Run, server: FakeWhiskServer) -> None:
+    headers = {"x-openwhisk-activation-id": ACTIVATION_ID}
+    url = "/namespaces/_/triggers/tick"
+    server.answer("POST", url, {"activationId": ACTIVATION_ID}, status=202, headers=headers)
+    server.answer("POST", url, None, status=204)
+
+    fired = run("trigger", "fire", "tick", "-p", "n", "3")
+    assert fired.exit_code == 0, fired.output
+    assert fired.stdout == f"ok: triggered /_/tick with id {ACTIVATION_ID}\n"
+    assert sent_json(server.last) == {"n": 3}
+    assert server.last.url.query == b""
+
+    idle = run("trigger", "fire", "tick")
+    assert idle.exit_code == 0, idle.output
+    assert idle.stdout == "ok: triggered /_/tick; it has no active rule, so nothing was invoked\n"
+    assert sent_json(server.last) == {}
+    assert json.loads(run("--json", "trigger", "fire", "tick").stdout) == {}
+
+    missing = run("trigger", "fire", "nope")
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+
+
+def test_rule_commands(run: Run, server: FakeWhiskServer) -> None:
+    rule = {
+        "namespace": "guest",
+        "name": "every",
+        "version": "0.0.1",
+        "publish": False,
+        "annotations": [],
+        "trigger": {"path": "guest", "name": "tick"},
+        "action": {"path": "guest", "name": "hello"},
+        "status": "active",
+        "updated": 1,
+    }
+    url = "/namespaces/_/rules/every"
+    server.answer("PUT", url, rule)
+    server.answer("GET", url, rule)
+    server.answer("POST", url, rule)
+    server.answer("DELETE", url, rule)
+    server.answer("GET", "/namespaces/_/rules", [rule])
+
+    created = run("rule", "create", "every", "tick", "pkg/hello")
+    assert created.exit_code == 0, created.output
+    assert created.stdout == "ok: created rule every\n"
+    assert server.last.url.query == b""
+    assert sent_json(server.last) == {"trigger": "/_/tick", "action": "/_/pkg/hello"}
+
+    updated = run("rule", "update", "every", "/guest/tick", "hello")
+    assert updated.exit_code == 0, updated.output
+    assert server.last.url.params["overwrite"] == "true"
+    assert sent_json(server.last) == {"trigger": "/guest/tick", "action": "/_/hello"}
+
+    for command, status in (("disable", "inactive"), ("enable", "active")):
+        result = run("rule", command, "every")
+        assert result.exit_code == 0, result.output
+        assert result.stdout == f"ok: {command}d rule every\n"
+        assert (server.last.method, sent_json(server.last)) == ("POST", {"status": status})
+
+    got = run("rule", "get", "every")
+    assert json.loads(got.stdout.split("\n", 1)[1]) == rule
+    assert run("rule", "status", "every").stdout == "ok: rule every is active\n"
+    listed = run("rule", "list")
+    assert listed.stdout.splitlines() == ["rules", "/guest/every  private  active"]
+
+    deleted = run("rule", "delete", "every", "--disable")
+    assert deleted.exit_code == 0, deleted.output
+    assert [r.method for r in server.requests[-2:]] == ["POST", "DELETE"]
+    assert deleted.stdout == "ok: deleted rule every\n"
+
+
 # ------------------------------------------------------------------------------ activations
 
 
@@ -646,6 +864,13 @@ def test_every_command_has_help(run: Run) -> None:
         ["property", "get"],
         ["action"],
         *[["action", c] for c in ("create", "update", "get", "list", "delete", "invoke")],
+        ["trigger"],
+        *[["trigger", c] for c in ("create", "update", "get", "list", "delete", "fire")],
+        ["rule"],
+        *[
+            ["rule", c]
+            for c in ("create", "update", "get", "status", "list", "enable", "disable", "delete")
+        ],
         ["activation"],
         *[["activation", c] for c in ("list", "get", "result", "logs", "poll")],
     ]

@@ -153,6 +153,78 @@ class WhiskClient:
         )
         return _invocation(response)
 
+    # ---------------------------------------------------------------------------- triggers
+
+    def list_triggers(self, *, limit: int | None = None, skip: int | None = None) -> list[JSON]:
+        query = _query(limit=limit, skip=skip)
+        return _json_list(self._call("GET", self._collection("triggers"), params=query))
+
+    def get_trigger(self, name: str) -> JSON:
+        return _json_dict(self._call("GET", self._entity("triggers", name)))
+
+    def put_trigger(self, name: str, body: Mapping[str, Any], *, overwrite: bool = False) -> JSON:
+        query = {"overwrite": "true"} if overwrite else {}
+        url = self._entity("triggers", name)
+        return _json_dict(self._call("PUT", url, params=query, json=dict(body)))
+
+    def delete_trigger(self, name: str) -> JSON:
+        return _json_dict(self._call("DELETE", self._entity("triggers", name)))
+
+    def fire_trigger(self, name: str, params: Mapping[str, Any] | None = None) -> str | None:
+        """The trigger activation id, or None when no rule is active (the API answers 204)."""
+        response = self._send("POST", self._entity("triggers", name), json=dict(params or {}))
+        if response.is_error:
+            raise error_from_response(response)
+        if response.status_code == 204:
+            return None
+        body = _decode(response)
+        activation_id = response.headers.get(ACTIVATION_ID_HEADER) or (
+            body.get("activationId") if isinstance(body, dict) else None
+        )
+        if not activation_id:
+            raise WhiskError(response.status_code, "the API answered a fire without an id")
+        return str(activation_id)
+
+    # ------------------------------------------------------------------------------- rules
+
+    def list_rules(self, *, limit: int | None = None, skip: int | None = None) -> list[JSON]:
+        query = _query(limit=limit, skip=skip)
+        return _json_list(self._call("GET", self._collection("rules"), params=query))
+
+    def get_rule(self, name: str) -> JSON:
+        return _json_dict(self._call("GET", self._entity("rules", name)))
+
+    def put_rule(self, name: str, trigger: str, action: str, *, overwrite: bool = False) -> JSON:
+        """Create (or update) a rule; trigger and action are sent fully qualified, as wsk does."""
+        body = {
+            "trigger": qualified_name(trigger, self.namespace),
+            "action": qualified_name(action, self.namespace),
+        }
+        query = {"overwrite": "true"} if overwrite else {}
+        return _json_dict(self._call("PUT", self._entity("rules", name), params=query, json=body))
+
+    def delete_rule(self, name: str) -> JSON:
+        return _json_dict(self._call("DELETE", self._entity("rules", name)))
+
+    def set_rule_status(self, name: str, status: str) -> JSON:
+        """`active` or `inactive`. Squall answers the rule; OpenWhisk may answer no JSON at all."""
+        response = self._send("POST", self._entity("rules", name), json={"status": status})
+        if response.is_error:
+            raise error_from_response(response)
+        try:
+            body = response.json() if response.content else {}
+        except ValueError:
+            body = {}
+        return body if isinstance(body, dict) else {}
+
+    # -------------------------------------------------------------------------- namespaces
+
+    def list_namespaces(self) -> list[str]:
+        body = self._call("GET", "/namespaces")
+        if not isinstance(body, list) or not all(isinstance(n, str) for n in body):
+            raise WhiskError(200, "the API answered namespaces that are not a list of names")
+        return body
+
     # ------------------------------------------------------------------------- activations
 
     def list_activations(

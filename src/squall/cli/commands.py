@@ -1,4 +1,5 @@
-"""The client subcommands of `squall`, shaped like `wsk`: `property`, `action`, `activation`.
+"""The client subcommands of `squall`, shaped like `wsk`: `property`, `action`, `trigger`,
+`rule`, `activation`.
 
 `cli` is the root group. Importing this module has no side effects: server-side commands
 (`standalone`, `admin`, ...) are attached elsewhere with `cli.add_command(...)`.
@@ -31,6 +32,7 @@ from squall.cli.client import (
     WhiskError,
     WhiskUnreachable,
     qualified_name,
+    split_name,
 )
 from squall.cli.properties import (
     APIHOST_KEY,
@@ -58,6 +60,7 @@ BINARY_SUFFIXES = frozenset({".zip", ".jar"})
 # "<ISO timestamp> stdout: line" — what `--strip` removes.
 LOG_PREFIX = re.compile(r"^\S+\s+std(?:out|err):\s?")
 UNREACHABLE_HINT = "(is 'squall standalone' running?)"
+FEED_ANNOTATION = "feed"
 
 
 # ---------------------------------------------------------------------------------- session
@@ -507,17 +510,25 @@ def _action_summary(action: JSON) -> str:
     )
 
 
+def list_options(what: str) -> Callable[[F], F]:
+    """`--limit N` and `--skip N` of a listing."""
+
+    def decorate(f: F) -> F:
+        skip_help = f"Skip the first N {what}."
+        f = click.option("-s", "--skip", type=click.IntRange(min=0), metavar="N", help=skip_help)(f)
+        return click.option(
+            "-l",
+            "--limit",
+            type=click.IntRange(0, MAX_LIST_LIMIT),
+            metavar="N",
+            help=f"At most N {what} (default 30).",
+        )(f)
+
+    return decorate
+
+
 @action_group.command("list")
-@click.option(
-    "-l",
-    "--limit",
-    type=click.IntRange(0, MAX_LIST_LIMIT),
-    metavar="N",
-    help="At most N actions (default 30).",
-)
-@click.option(
-    "-s", "--skip", type=click.IntRange(min=0), metavar="N", help="Skip the first N actions."
-)
+@list_options("actions")
 @global_options()
 @pass_session
 def action_list(session: Session, limit: int | None, skip: int | None) -> None:
@@ -604,6 +615,360 @@ def _failure_status(invocation: Invocation) -> str:
     if isinstance(response, dict) and response.get("status"):
         return str(response["status"])
     return f"HTTP {invocation.status}"
+
+
+# ---------------------------------------------------------------------------------- trigger
+
+
+@cli.group("trigger")
+def trigger_group() -> None:
+    """Create, inspect, fire and delete triggers."""
+
+
+def trigger_put_options(f: F) -> F:
+    decorators = [
+        param_options,
+        click.option(
+            "-a",
+            "--annotation",
+            type=(str, str),
+            multiple=True,
+            metavar="KEY VALUE",
+            help="Annotation; VALUE parsed like -p values.",
+        ),
+        _json_file_option("-A", "--annotation-file", help="JSON object file of annotations."),
+        click.option(
+            "--feed",
+            metavar="FEED",
+            help="Feed action that fires the trigger, e.g. /whisk.system/alarms/alarm; "
+            "-p parameters then go to the feed, not the trigger.",
+        ),
+    ]
+    for decorate in reversed(decorators):
+        f = decorate(f)
+    return f
+
+
+@dataclass(frozen=True)
+class TriggerOptions:
+    """The options `trigger create` and `trigger update` share (names are click's)."""
+
+    param: tuple[tuple[str, str], ...]
+    param_file: Path | None
+    annotation: tuple[tuple[str, str], ...]
+    annotation_file: Path | None
+    feed: str | None
+
+    def params(self) -> JSON:
+        return _params(self.param_file, self.param)
+
+    def annotations(self) -> list[JSON]:
+        return _key_values(self.annotation_file, self.annotation)
+
+    def body(self) -> JSON:
+        """The TriggerPut body: only what was given, so an update keeps everything else."""
+        body: JSON = {}
+        parameters = _key_values(self.param_file, self.param)
+        annotations = self.annotations()
+        if parameters:
+            body["parameters"] = parameters
+        if annotations:
+            body["annotations"] = annotations
+        return body
+
+
+@trigger_group.command("create")
+@click.argument("name")
+@trigger_put_options
+@global_options()
+@pass_session
+def trigger_create(session: Session, /, name: str, **options: Any) -> None:
+    """Create trigger NAME, optionally fed by the feed action FEED."""
+    opts = TriggerOptions(**options)
+    if opts.feed is None:
+        session.client().put_trigger(name, opts.body())
+    else:
+        _create_feed_trigger(session, name, opts, overwrite=False, existed=False)
+    _ok(session, f"created trigger {name}")
+
+
+@trigger_group.command("update")
+@click.argument("name")
+@trigger_put_options
+@global_options()
+@pass_session
+def trigger_update(session: Session, /, name: str, **options: Any) -> None:
+    """Update (or create) trigger NAME.
+
+    A trigger with a feed is not changed itself: its feed is invoked with lifecycleEvent UPDATE
+    and the -p parameters, as wsk does.
+    """
+    opts = TriggerOptions(**options)
+    client = session.client()
+    existing = _trigger_or_none(client, name)
+    current_feed = _annotations(existing).get(FEED_ANNOTATION) if existing else None
+    if opts.feed is None and not current_feed:
+        client.put_trigger(name, opts.body(), overwrite=True)
+    elif not current_feed:
+        _create_feed_trigger(session, name, opts, overwrite=True, existed=existing is not None)
+    else:
+        feed = str(current_feed)
+        if opts.feed is not None and qualified_name(opts.feed, client.namespace) != feed:
+            raise click.UsageError(f"trigger {name} already has the feed {feed}")
+        _invoke_feed(session, feed, name, "UPDATE", opts.params())
+    _ok(session, f"updated trigger {name}")
+
+
+def _trigger_or_none(client: WhiskClient, name: str) -> JSON | None:
+    try:
+        return client.get_trigger(name)
+    except WhiskError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _create_feed_trigger(
+    session: Session, name: str, opts: TriggerOptions, *, overwrite: bool, existed: bool
+) -> None:
+    """wsk's feed trigger: the trigger with a `feed` annotation, then the feed's CREATE.
+
+    When the feed fails, a trigger this command created is deleted again.
+    """
+    client = session.client()
+    feed = qualified_name(opts.feed or "", client.namespace)
+    annotations = [a for a in opts.annotations() if a["key"] != FEED_ANNOTATION]
+    annotations.append({"key": FEED_ANNOTATION, "value": feed})
+    client.put_trigger(name, {"annotations": annotations}, overwrite=overwrite)
+    try:
+        _invoke_feed(session, feed, name, "CREATE", opts.params())
+    except (WhiskError, CliError) as exc:
+        if not existed:
+            try:
+                client.delete_trigger(name)
+            except WhiskError as cleanup:
+                _stderr_line(f"warning: trigger {name} could not be deleted again: {cleanup}")
+        raise CliError(f"feed {feed} failed to create trigger {name}: {_message(exc)}") from exc
+
+
+def _invoke_feed(session: Session, feed: str, trigger: str, event: str, params: JSON) -> None:
+    """Invoke a feed action blocking with OpenWhisk's feed parameters; CliError on failure."""
+    client = session.client()
+    _, auth = session.settings().require()
+    feed_params = {
+        **params,
+        "lifecycleEvent": event,
+        "triggerName": _trigger_path(client, trigger),
+        "authKey": auth,
+    }
+    invocation = client.invoke_action(feed, feed_params, blocking=True)
+    if invocation.failed:
+        raise CliError(_feed_error(invocation))
+
+
+def _trigger_path(client: WhiskClient, name: str) -> str:
+    """`/namespace/name` with the real namespace: a feed outlives the `_` of this client."""
+    namespace, parts = split_name(name, client.namespace)
+    if namespace == "_":
+        namespaces = client.list_namespaces()
+        namespace = namespaces[0] if namespaces else namespace
+    return "/" + "/".join([namespace, *parts])
+
+
+def _feed_error(invocation: Invocation) -> str:
+    body = invocation.body
+    response = body.get("response") if isinstance(body, dict) else None
+    result = response.get("result") if isinstance(response, dict) else body
+    if isinstance(result, dict) and result.get("error"):
+        return str(result["error"])
+    return f"{_failure_status(invocation)} (activation {invocation.activation_id})"
+
+
+def _message(exc: Exception) -> str:
+    return exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+
+
+@trigger_group.command("get")
+@click.argument("name")
+@global_options()
+@pass_session
+def trigger_get(session: Session, name: str) -> None:
+    """Show trigger NAME."""
+    trigger = session.client().get_trigger(name)
+    _ok(session, f"got trigger {name}")
+    _echo_json(trigger)
+
+
+@trigger_group.command("list")
+@list_options("triggers")
+@global_options()
+@pass_session
+def trigger_list(session: Session, limit: int | None, skip: int | None) -> None:
+    """List triggers."""
+    triggers = session.client().list_triggers(limit=limit, skip=skip)
+    if session.json_output:
+        _echo_json(triggers)
+        return
+    click.echo("triggers")
+    rows = [[_entity_name(t), "shared" if t.get("publish") else "private"] for t in triggers]
+    if rows:
+        click.echo(_table(rows))
+
+
+@trigger_group.command("delete")
+@click.argument("name")
+@global_options()
+@pass_session
+def trigger_delete(session: Session, name: str) -> None:
+    """Delete trigger NAME (a feed trigger's feed is told first, with lifecycleEvent DELETE)."""
+    client = session.client()
+    feed = _annotations(client.get_trigger(name)).get(FEED_ANNOTATION)
+    problem = None
+    if feed:
+        try:
+            _invoke_feed(session, str(feed), name, "DELETE", {})
+        except (WhiskError, CliError) as exc:
+            problem = _message(exc)
+    client.delete_trigger(name)
+    _ok(session, f"deleted trigger {name}")
+    if problem:
+        _stderr_line(f"warning: feed {feed} failed to delete its part of trigger {name}: {problem}")
+
+
+@trigger_group.command("fire")
+@click.argument("name")
+@param_options
+@global_options()
+@pass_session
+def trigger_fire(
+    session: Session,
+    name: str,
+    param: tuple[tuple[str, str], ...],
+    param_file: Path | None,
+) -> None:
+    """Fire trigger NAME with the given parameters as payload."""
+    client = session.client()
+    activation_id = client.fire_trigger(name, _params(param_file, param))
+    fq_name = qualified_name(name, client.namespace)
+    if session.json_output:
+        _echo_json({"activationId": activation_id} if activation_id else {})
+    elif activation_id:
+        click.echo(f"ok: triggered {fq_name} with id {activation_id}")
+    else:
+        click.echo(f"ok: triggered {fq_name}; it has no active rule, so nothing was invoked")
+
+
+# ------------------------------------------------------------------------------------- rule
+
+
+@cli.group("rule")
+def rule_group() -> None:
+    """Connect triggers to actions: create, enable, disable, inspect and delete rules."""
+
+
+@rule_group.command("create")
+@click.argument("name")
+@click.argument("trigger")
+@click.argument("action")
+@global_options()
+@pass_session
+def rule_create(session: Session, name: str, trigger: str, action: str) -> None:
+    """Create rule NAME: firing TRIGGER invokes ACTION. New rules are active."""
+    session.client().put_rule(name, trigger, action)
+    _ok(session, f"created rule {name}")
+
+
+@rule_group.command("update")
+@click.argument("name")
+@click.argument("trigger")
+@click.argument("action")
+@global_options()
+@pass_session
+def rule_update(session: Session, name: str, trigger: str, action: str) -> None:
+    """Update (or create) rule NAME to connect TRIGGER to ACTION."""
+    session.client().put_rule(name, trigger, action, overwrite=True)
+    _ok(session, f"updated rule {name}")
+
+
+@rule_group.command("get")
+@click.argument("name")
+@global_options()
+@pass_session
+def rule_get(session: Session, name: str) -> None:
+    """Show rule NAME."""
+    rule = session.client().get_rule(name)
+    _ok(session, f"got rule {name}")
+    _echo_json(rule)
+
+
+@rule_group.command("status")
+@click.argument("name")
+@global_options()
+@pass_session
+def rule_status(session: Session, name: str) -> None:
+    """Show whether rule NAME is active."""
+    rule = session.client().get_rule(name)
+    if session.json_output:
+        _echo_json({"status": rule.get("status")})
+    else:
+        click.echo(f"ok: rule {name} is {rule.get('status', 'unknown')}")
+
+
+@rule_group.command("list")
+@list_options("rules")
+@global_options()
+@pass_session
+def rule_list(session: Session, limit: int | None, skip: int | None) -> None:
+    """List rules."""
+    rules = session.client().list_rules(limit=limit, skip=skip)
+    if session.json_output:
+        _echo_json(rules)
+        return
+    click.echo("rules")
+    rows = [
+        [
+            _entity_name(r),
+            "shared" if r.get("publish") else "private",
+            str(r.get("status", "-")),
+        ]
+        for r in rules
+    ]
+    if rows:
+        click.echo(_table(rows))
+
+
+@rule_group.command("enable")
+@click.argument("name")
+@global_options()
+@pass_session
+def rule_enable(session: Session, name: str) -> None:
+    """Activate rule NAME: firing its trigger invokes its action."""
+    session.client().set_rule_status(name, "active")
+    _ok(session, f"enabled rule {name}")
+
+
+@rule_group.command("disable")
+@click.argument("name")
+@global_options()
+@pass_session
+def rule_disable(session: Session, name: str) -> None:
+    """Deactivate rule NAME: firing its trigger no longer invokes its action."""
+    session.client().set_rule_status(name, "inactive")
+    _ok(session, f"disabled rule {name}")
+
+
+@rule_group.command("delete")
+@click.argument("name")
+@click.option("--disable", is_flag=True, help="Disable the rule before deleting it.")
+@global_options()
+@pass_session
+def rule_delete(session: Session, name: str, disable: bool) -> None:
+    """Delete rule NAME."""
+    client = session.client()
+    if disable:
+        client.set_rule_status(name, "inactive")
+    client.delete_rule(name)
+    _ok(session, f"deleted rule {name}")
 
 
 # ------------------------------------------------------------------------------- activation
@@ -846,6 +1211,10 @@ def _key_value_list(value: Any) -> list[Mapping[str, Any]]:
 def _annotations(entity: JSON) -> dict[str, Any]:
     pairs = _key_value_list(entity.get("annotations"))
     return {str(kv.get("key")): kv.get("value") for kv in pairs}
+
+
+def _entity_name(entity: JSON) -> str:
+    return f"/{entity.get('namespace', '_')}/{entity.get('name', '?')}"
 
 
 def _action_kind(action: JSON) -> str:

@@ -15,6 +15,8 @@ from squall import __version__
 from squall.abc import ActivationQuery
 from squall.controller.auth import Authenticator, Identity
 from squall.controller.errors import (
+    INTERNAL_ERROR,
+    MALFORMED_JSON,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
     TIMEOUT_RANGE,
@@ -24,6 +26,7 @@ from squall.controller.errors import (
 )
 from squall.controller.http import (
     CORS_HEADERS,
+    empty_response,
     error_response,
     json_response,
     new_transaction_id,
@@ -33,17 +36,19 @@ from squall.controller.http import (
     query_value,
     read_body,
 )
-from squall.controller.service import ACTIONS, ControllerService
-from squall.entities.action import Action
-from squall.entities.activation import brief
+from squall.controller.service import ACTIONS, RULES, TRIGGERS, ControllerService
+from squall.entities.action import Action, InvalidEntity
+from squall.entities.activation import brief, is_activation_id
 from squall.entities.names import DEFAULT_NAMESPACE, EntityPath, IllegalName, check_name
+from squall.entities.rule import parse_status_request
+from squall.entities.trigger import Trigger
 
 log = logging.getLogger("squall.controller")
 
 Handler = Callable[[Request, Identity, str], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-_ACTIVATION_ID_CHARS = frozenset("0123456789abcdef")
+# Room for parameters and annotations (each up to the parameter limit) in a trigger/rule PUT.
+_ENTITY_BODY_SLACK = 64 * 1024
 
 
 class Api:
@@ -75,7 +80,7 @@ class Api:
                 log.exception(
                     "unexpected error in %s %s (tid %s)", request.method, request.url.path, tid
                 )
-                return error_response(ApiError(500, "An internal error occurred."), tid)
+                return error_response(ApiError(500, INTERNAL_ERROR), tid)
 
         return run
 
@@ -93,6 +98,23 @@ class Api:
             return EntityPath(ns, package, check_name(params["name"], "action name"))
         except IllegalName as exc:
             raise ApiError(400, str(exc)) from exc
+
+    def simple_path(self, request: Request, identity: Identity, what: str) -> EntityPath:
+        """`/namespaces/{ns}/{triggers|rules}/{name}`: entities that never live in a package."""
+        ns = self.namespace(request, identity)
+        try:
+            return EntityPath(ns, None, check_name(request.path_params["name"], what))
+        except IllegalName as exc:
+            raise ApiError(400, str(exc)) from exc
+
+    def list_window(self, request: Request) -> tuple[int, int]:
+        """`skip` and `limit` of a listing."""
+        limit = query_int(request, "limit", 30, 0, self.limits.query_limit) or 30
+        return query_int(request, "skip", 0, 0, 2**31) or 0, limit
+
+    async def entity_body(self, request: Request) -> dict[str, Any]:
+        limit = 2 * self.limits.parameters_bytes + _ENTITY_BODY_SLACK
+        return parse_json_object(await read_body(request, limit))
 
     # -- namespaces ------------------------------------------------------------------------
 
@@ -179,6 +201,80 @@ class Api:
         body = record["response"]["result"] if result_only else record
         return json_response(body, status, tid, headers)
 
+    # -- triggers --------------------------------------------------------------------------
+
+    async def list_triggers(self, request: Request, identity: Identity, tid: str) -> Response:
+        ns = self.namespace(request, identity)
+        if query_bool(request, "count"):
+            total = await self.service.entities.count(TRIGGERS, ns)
+            return json_response({"triggers": total}, transaction_id=tid)
+        skip, limit = self.list_window(request)
+        stored = await self.service.entities.list(TRIGGERS, ns, skip=skip, limit=limit)
+        views = [Trigger.from_json(s.doc).brief() for s in stored]
+        return json_response(views, transaction_id=tid)
+
+    async def get_trigger(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.simple_path(request, identity, "trigger name")
+        trigger = await self.service.get_trigger(path)
+        return json_response(trigger.to_json(), transaction_id=tid)
+
+    async def put_trigger(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.simple_path(request, identity, "trigger name")
+        overwrite = query_bool(request, "overwrite")
+        body = await self.entity_body(request)
+        trigger = await self.service.put_trigger(path, body, overwrite)
+        return json_response(trigger.to_json(), transaction_id=tid)
+
+    async def delete_trigger(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.simple_path(request, identity, "trigger name")
+        trigger = await self.service.delete_trigger(path)
+        return json_response(trigger.to_json(), transaction_id=tid)
+
+    async def fire_trigger(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.simple_path(request, identity, "trigger name")
+        payload = parse_json_object(await read_body(request, self.limits.payload_bytes))
+        activation_id = await self.service.fire_trigger(identity, path, payload, transaction_id=tid)
+        if activation_id is None:
+            return empty_response(204, tid)
+        headers = {"x-openwhisk-activation-id": activation_id}
+        return json_response({"activationId": activation_id}, 202, tid, headers)
+
+    # -- rules -----------------------------------------------------------------------------
+
+    async def list_rules(self, request: Request, identity: Identity, tid: str) -> Response:
+        ns = self.namespace(request, identity)
+        if query_bool(request, "count"):
+            total = await self.service.entities.count(RULES, ns)
+            return json_response({"rules": total}, transaction_id=tid)
+        skip, limit = self.list_window(request)
+        rules = await self.service.list_rules(ns, skip=skip, limit=limit)
+        return json_response([r.to_json() for r in rules], transaction_id=tid)
+
+    async def get_rule(self, request: Request, identity: Identity, tid: str) -> Response:
+        rule = await self.service.get_rule(self.simple_path(request, identity, "rule name"))
+        return json_response(rule.to_json(), transaction_id=tid)
+
+    async def put_rule(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.simple_path(request, identity, "rule name")
+        overwrite = query_bool(request, "overwrite")
+        body = await self.entity_body(request)
+        rule = await self.service.put_rule(path, body, overwrite)
+        return json_response(rule.to_json(), transaction_id=tid)
+
+    async def delete_rule(self, request: Request, identity: Identity, tid: str) -> Response:
+        rule = await self.service.delete_rule(self.simple_path(request, identity, "rule name"))
+        return json_response(rule.to_json(), transaction_id=tid)
+
+    async def rule_status(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.simple_path(request, identity, "rule name")
+        body = parse_json_object(await read_body(request, self.limits.payload_bytes))
+        try:
+            status = parse_status_request(body)
+        except InvalidEntity as exc:
+            raise ApiError(400, MALFORMED_JSON.format(detail=str(exc))) from exc
+        rule = await self.service.set_rule_status(path, status)
+        return json_response(rule.to_json(), transaction_id=tid)
+
     # -- activations -----------------------------------------------------------------------
 
     async def list_activations(self, request: Request, identity: Identity, tid: str) -> Response:
@@ -214,7 +310,7 @@ class Api:
     async def _activation(self, request: Request, identity: Identity) -> dict[str, Any]:
         ns = self.namespace(request, identity)
         activation_id = request.path_params["aid"]
-        if len(activation_id) != 32 or not set(activation_id) <= _ACTIVATION_ID_CHARS:
+        if not is_activation_id(activation_id):
             raise ApiError(400, f"The activation id is not valid: {activation_id[:64]}")
         record = await self.service.activations.get(ns, activation_id)
         if record is None:
@@ -291,6 +387,20 @@ class ApiRouter:
         for method, handler in action_handlers.items():
             self._table[(method, "actions", 1)] = handler
             self._table[(method, "actions", 2)] = handler
+        named = {
+            "triggers": (
+                api.list_triggers,
+                api.get_trigger,
+                api.put_trigger,
+                api.delete_trigger,
+                api.fire_trigger,
+            ),
+            "rules": (api.list_rules, api.get_rule, api.put_rule, api.delete_rule, api.rule_status),
+        }
+        for collection, (listing, get, put, delete, post) in named.items():
+            self._table[("GET", collection, 0)] = ep(listing)
+            for method, one in (("GET", get), ("PUT", put), ("DELETE", delete), ("POST", post)):
+                self._table[(method, collection, 1)] = ep(one)
         self._activation_parts = {
             "result": ep(api.activation_result),
             "logs": ep(api.activation_logs),
@@ -315,8 +425,10 @@ class ApiRouter:
             params["name"] = rest[-1]
             if len(rest) == 2:
                 params["pkg"] = rest[0]
-        elif rest:
+        elif collection == "activations" and rest:
             params["aid"] = rest[0]
+        elif rest:
+            params["name"] = rest[0]
         return handler, params
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -345,6 +457,18 @@ def build_app(
         Route(base + "/actions", ep(api.list_actions), methods=["GET"]),
         *_action_routes(base + "/actions/{name}", api),
         *_action_routes(base + "/actions/{pkg}/{name}", api),
+        Route(base + "/triggers", ep(api.list_triggers), methods=["GET"]),
+        *_entity_routes(
+            base + "/triggers/{name}",
+            api,
+            (api.get_trigger, api.put_trigger, api.delete_trigger, api.fire_trigger),
+        ),
+        Route(base + "/rules", ep(api.list_rules), methods=["GET"]),
+        *_entity_routes(
+            base + "/rules/{name}",
+            api,
+            (api.get_rule, api.put_rule, api.delete_rule, api.rule_status),
+        ),
         Route(base + "/activations", ep(api.list_activations), methods=["GET"]),
         Route(base + "/activations/{aid}", ep(api.get_activation), methods=["GET"]),
         Route(base + "/activations/{aid}/result", ep(api.activation_result), methods=["GET"]),
@@ -357,12 +481,18 @@ def build_app(
 
 
 def _action_routes(path: str, api: Api) -> list[Route]:
-    ep = api.endpoint
+    handlers = (api.get_action, api.put_action, api.delete_action, api.invoke_action)
+    return _entity_routes(path, api, handlers)
+
+
+def _entity_routes(
+    path: str, api: Api, handlers: tuple[Handler, Handler, Handler, Handler]
+) -> list[Route]:
+    """GET, PUT, DELETE and POST (invoke, fire, enable/disable) of one entity path."""
+    methods = ("GET", "PUT", "DELETE", "POST")
     return [
-        Route(path, ep(api.get_action), methods=["GET"]),
-        Route(path, ep(api.put_action), methods=["PUT"]),
-        Route(path, ep(api.delete_action), methods=["DELETE"]),
-        Route(path, ep(api.invoke_action), methods=["POST"]),
+        Route(path, api.endpoint(handler), methods=[method])
+        for method, handler in zip(methods, handlers, strict=True)
     ]
 
 

@@ -29,7 +29,9 @@ class Identity:
     namespace: str
     subject: str
     uuid: str
-    api_key: str  # `uuid:key`, handed to actions as __OW_API_KEY like OpenWhisk does
+    # `uuid:key`, handed to actions as __OW_API_KEY like OpenWhisk does; None for an identity
+    # the platform acts as without the key (ControllerService.system_identity).
+    api_key: str | None
     limits: dict[str, object]
 
 

@@ -10,6 +10,7 @@ METHOD_NOT_ALLOWED = "Method not allowed."
 TIMEOUT_RANGE = "Timeout must be number of milliseconds up to {max_ms}."
 MALFORMED_JSON = "The request content was malformed:\n{detail}"
 NOT_AN_OBJECT = "The request content was malformed: the body must be a JSON object."
+INTERNAL_ERROR = "An internal error occurred."
 RESERVED_PARAMS = "Request defines parameters that are not allowed (e.g., reserved properties)."
 
 

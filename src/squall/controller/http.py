@@ -70,6 +70,15 @@ def json_response(
     return JSONResponse(body, status, raw)
 
 
+def empty_response(status: int, transaction_id: str) -> Response:
+    """An answer without a body (204), with the same CORS and transaction headers."""
+    raw = [
+        *((k.lower().encode(), v.encode()) for k, v in CORS_HEADERS.items()),
+        (b"x-request-id", transaction_id.encode()),
+    ]
+    return JSONResponse(b"", status, raw)
+
+
 def query_value(request: Request, name: str) -> str | None:
     """One query parameter, parsed without building Starlette's QueryParams (hot path)."""
     parsed = request.scope.get("squall.query")

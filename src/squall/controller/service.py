@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -14,18 +16,40 @@ from squall.controller.auth import Identity
 from squall.controller.errors import (
     ALREADY_EXISTS,
     CONCURRENT_MODIFICATION,
+    INTERNAL_ERROR,
     NOT_FOUND,
     ApiError,
+    not_authorized,
     too_large,
 )
+from squall.controller.http import new_transaction_id
 from squall.entities.action import Action, EntityTooLarge, InvalidEntity, build_action
-from squall.entities.activation import new_activation_id
-from squall.entities.names import EntityPath
+from squall.entities.activation import (
+    APPLICATION_ERROR,
+    SUCCESS,
+    WHISK_ERROR,
+    ActivationResponse,
+    build_record,
+    is_activation_id,
+    new_activation_id,
+)
+from squall.entities.names import EntityPath, IllegalName, parse_qualified
+from squall.entities.rule import Rule, build_rule
+from squall.entities.trigger import ACTIVE, INACTIVE, RuleLink, Trigger, build_trigger
 from squall.errors import ConflictError
 from squall.messages import SCHEDULER_TOPIC, ActivationMessage, Completion, completed_topic
 
+log = logging.getLogger("squall.controller")
+
 ACTIONS = "actions"
 PACKAGES = "packages"
+TRIGGERS = "triggers"
+RULES = "rules"
+# Read-modify-write of a trigger document races with other rule changes; retry this often.
+TRIGGER_WRITE_ATTEMPTS = 5
+RULE_NEEDS_TRIGGER = "Only rules with existing triggers can be activated"
+
+RulesEdit = Callable[[dict[str, RuleLink]], dict[str, RuleLink]]
 
 
 class ControllerService:
@@ -47,6 +71,7 @@ class ControllerService:
         self.limits, self.kinds, self.controller_id = limits, kinds, controller_id
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
         self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._firing: set[str] = set()  # trigger activation ids being fired right now
 
     async def start(self) -> None:
         self._subscription = self._bus.subscribe(
@@ -119,6 +144,293 @@ class ControllerService:
         if await self.entities.get(PACKAGES, path.namespace, path.package) is None:
             raise ApiError(404, NOT_FOUND)
 
+    # -- identities ------------------------------------------------------------------------
+
+    async def system_identity(
+        self, namespace: str, *, api_key: str | None = None
+    ) -> Identity | None:
+        """An Identity for `namespace` without its key, for callers other than HTTP (alarms).
+
+        None when the namespace has no credentials. `api_key` (`uuid:key`) is not verified here:
+        pass one only when it was checked already; actions then get it as __OW_API_KEY.
+        """
+        record = await self.entities.get_subject_by_namespace(namespace)
+        if record is None:
+            return None
+        return Identity(record.namespace, record.subject, record.uuid, api_key, dict(record.limits))
+
+    # -- triggers --------------------------------------------------------------------------
+
+    async def get_trigger(self, path: EntityPath) -> Trigger:
+        stored = await self.entities.get(TRIGGERS, path.path, path.name)
+        if stored is None:
+            raise ApiError(404, NOT_FOUND)
+        return Trigger.from_json(stored.doc)
+
+    async def put_trigger(self, path: EntityPath, body: Any, overwrite: bool) -> Trigger:
+        for _ in range(TRIGGER_WRITE_ATTEMPTS):
+            existing = await self.entities.get(TRIGGERS, path.path, path.name)
+            if existing is not None and not overwrite:
+                raise ApiError(409, ALREADY_EXISTS)
+            previous = Trigger.from_json(existing.doc) if existing else None
+            try:
+                trigger = build_trigger(
+                    path.path, path.name, body, system=self.limits, existing=previous
+                )
+            except InvalidEntity as exc:
+                raise ApiError(400, str(exc)) from exc
+            except EntityTooLarge as exc:
+                raise ApiError(413, str(exc)) from exc
+            revision = existing.revision if existing else None
+            try:
+                await self.entities.put(TRIGGERS, path.path, path.name, trigger.to_json(), revision)
+            except ConflictError as exc:
+                if existing is None:  # the name is taken, maybe by another kind of entity
+                    raise ApiError(409, ALREADY_EXISTS) from exc
+                continue  # a rule changed the rules map meanwhile: merge again
+            return trigger
+        raise ApiError(409, CONCURRENT_MODIFICATION)
+
+    async def delete_trigger(self, path: EntityPath) -> Trigger:
+        """Delete a trigger; its rules stay, as in OpenWhisk (they are inactive from now on)."""
+        trigger = await self.get_trigger(path)
+        if not await self.entities.delete(TRIGGERS, path.path, path.name):
+            raise ApiError(404, NOT_FOUND)
+        return trigger
+
+    async def fire_trigger(
+        self,
+        identity: Identity,
+        path: EntityPath | str,
+        payload: dict[str, Any],
+        *,
+        activation_id: str | None = None,
+        transaction_id: str = "",
+    ) -> str | None:
+        """Fire a trigger: invoke the action of every active rule, record one trigger activation.
+
+        Returns the trigger activation id, or None when no rule is active (nothing is invoked
+        and nothing recorded; the API answers 204). `path` may be `/ns/name`, `/_/name` or
+        `name` (in the identity's namespace). Raises ApiError (404 no such trigger, 403 another
+        namespace, 413 payload too large).
+
+        With `activation_id` (32 lowercase hex), the fire is idempotent: when a trigger
+        activation with that id exists already, or is being fired right now, nothing happens and
+        the id is returned. The record of such a fire is flushed before this returns. A crash
+        between invoking the actions and writing the record can still repeat a fire: this is
+        at-least-once, like OpenWhisk's.
+        """
+        if isinstance(path, str):
+            try:
+                path = parse_qualified(path, identity.namespace)
+            except IllegalName as exc:
+                raise ApiError(400, str(exc)) from exc
+        if path.namespace != identity.namespace or path.package is not None:
+            raise ApiError(403, not_authorized(path.qualified))
+        tid = transaction_id or new_transaction_id()
+        if activation_id is None:
+            return await self._fire(identity, path, payload, new_activation_id(), tid)
+        if not is_activation_id(activation_id):
+            raise ValueError(f"not an activation id (32 lowercase hex): {activation_id!r}")
+        # Claimed before the first await, so a concurrent fire with the same id sees it.
+        if activation_id in self._firing:
+            return activation_id
+        self._firing.add(activation_id)
+        try:
+            if await self.activations.get(identity.namespace, activation_id) is not None:
+                return activation_id
+            fired = await self._fire(identity, path, payload, activation_id, tid)
+            if fired is not None:
+                await self.activations.flush()
+            return fired
+        finally:
+            self._firing.discard(activation_id)
+
+    async def _fire(
+        self,
+        identity: Identity,
+        path: EntityPath,
+        payload: dict[str, Any],
+        trigger_id: str,
+        transaction_id: str,
+    ) -> str | None:
+        self._check_payload(payload)
+        trigger = await self.get_trigger(path)
+        if not trigger.has_active_rule():
+            return None
+        start = int(time.time() * 1000)
+        args = {**trigger.parameter_values(), **payload}
+        results = [
+            await self._activate_rule(identity, rule, link, args, trigger_id, transaction_id)
+            for rule, link in trigger.rules.items()
+        ]
+        # OpenWhisk's trigger activation: the payload as result, no end time and no duration
+        # (kept here as end = start, duration 0), one log line per rule (inactive ones too).
+        self.activations.store(
+            build_record(
+                namespace=identity.namespace,
+                name=trigger.name,
+                version=trigger.version,
+                subject=identity.subject,
+                activation_id=trigger_id,
+                start=start,
+                end=start,
+                response=ActivationResponse(SUCCESS, payload),
+                logs=[orjson.dumps(result).decode() for result in results],
+                annotations=[],
+            )
+        )
+        return trigger_id
+
+    async def _activate_rule(
+        self,
+        identity: Identity,
+        rule: str,
+        link: RuleLink,
+        args: dict[str, Any],
+        cause: str,
+        transaction_id: str,
+    ) -> dict[str, Any]:
+        """Invoke one rule's action without waiting; its line in the trigger activation's logs."""
+        action = link.action.qualified
+        if not link.active:
+            message = f"Rule '{rule}' is inactive, action '{action}' was not activated."
+            return _rule_result(APPLICATION_ERROR, rule, action, error=message)
+        if link.action.namespace != identity.namespace:
+            return _rule_result(
+                APPLICATION_ERROR, rule, action, error=not_authorized(link.action.qualified)
+            )
+        try:
+            activation_id, _ = await self.invoke(
+                identity,
+                link.action,
+                args,
+                blocking=False,
+                wait_ms=0,
+                transaction_id=transaction_id,
+                cause=cause,
+            )
+        except ApiError as exc:
+            code = WHISK_ERROR if exc.status >= 500 else APPLICATION_ERROR
+            return _rule_result(code, rule, action, error=exc.message)
+        except Exception:
+            log.exception("rule %s could not invoke %s (trigger %s)", rule, action, cause)
+            return _rule_result(WHISK_ERROR, rule, action, error=INTERNAL_ERROR)
+        return _rule_result(SUCCESS, rule, action, activation_id=activation_id)
+
+    async def _edit_rules(self, trigger: EntityPath, edit: RulesEdit) -> Trigger | None:
+        """Apply `edit` to a trigger's rules map with optimistic concurrency; None if no trigger."""
+        for _ in range(TRIGGER_WRITE_ATTEMPTS):
+            stored = await self.entities.get(TRIGGERS, trigger.path, trigger.name)
+            if stored is None:
+                return None
+            current = Trigger.from_json(stored.doc)
+            rules = edit(dict(current.rules))
+            if rules == current.rules:
+                return current
+            changed = current.with_rules(rules)
+            try:
+                await self.entities.put(
+                    TRIGGERS, trigger.path, trigger.name, changed.to_json(), stored.revision
+                )
+            except ConflictError:
+                continue
+            return changed
+        raise ApiError(409, CONCURRENT_MODIFICATION)
+
+    # -- rules -----------------------------------------------------------------------------
+
+    async def get_rule(self, path: EntityPath) -> Rule:
+        """The rule, with its status read from its trigger (inactive without one)."""
+        rule = await self._stored_rule(path)
+        rule.status = await self._rule_status(rule)
+        return rule
+
+    async def list_rules(self, namespace: str, *, skip: int, limit: int) -> list[Rule]:
+        stored = await self.entities.list(RULES, namespace, skip=skip, limit=limit)
+        rules = [Rule.from_json(s.doc) for s in stored]
+        triggers: dict[EntityPath, Trigger | None] = {}
+        for rule in rules:
+            if rule.trigger not in triggers:
+                found = await self.entities.get(TRIGGERS, rule.trigger.path, rule.trigger.name)
+                triggers[rule.trigger] = Trigger.from_json(found.doc) if found else None
+            rule.status = _status_in(triggers[rule.trigger], rule)
+        return rules
+
+    async def put_rule(self, path: EntityPath, body: Any, overwrite: bool) -> Rule:
+        stored = await self.entities.get(RULES, path.path, path.name)
+        if stored is not None and not overwrite:
+            raise ApiError(409, ALREADY_EXISTS)
+        existing = Rule.from_json(stored.doc) if stored else None
+        if existing is not None:
+            # OpenWhisk keeps the status the old trigger had for the rule (inactive if none).
+            existing.status = await self._rule_status(existing)
+        try:
+            rule = build_rule(path.namespace, path.name, body, existing=existing)
+        except InvalidEntity as exc:
+            raise ApiError(400, str(exc)) from exc
+        await self._check_rule_references(rule)
+        try:
+            await self.entities.put(
+                RULES, path.path, path.name, rule.to_doc(), stored.revision if stored else None
+            )
+        except ConflictError as exc:
+            message = ALREADY_EXISTS if stored is None else CONCURRENT_MODIFICATION
+            raise ApiError(409, message) from exc
+        name, link = rule.qualified, RuleLink(rule.action, rule.status)
+        if existing is not None and existing.trigger != rule.trigger:
+            await self._edit_rules(existing.trigger, lambda rules: _without(rules, name))
+        if await self._edit_rules(rule.trigger, lambda rules: {**rules, name: link}) is None:
+            rule.status = INACTIVE  # the trigger was deleted in between
+        return rule
+
+    async def delete_rule(self, path: EntityPath) -> Rule:
+        stored = await self.entities.get(RULES, path.path, path.name)
+        if stored is None:
+            raise ApiError(404, NOT_FOUND)
+        rule = Rule.from_json(stored.doc)
+        try:
+            deleted = await self.entities.delete(RULES, path.path, path.name, stored.revision)
+        except ConflictError as exc:
+            raise ApiError(409, CONCURRENT_MODIFICATION) from exc
+        if not deleted:
+            raise ApiError(404, NOT_FOUND)
+        name = rule.qualified
+        await self._edit_rules(rule.trigger, lambda rules: _without(rules, name))
+        rule.status = INACTIVE
+        return rule
+
+    async def set_rule_status(self, path: EntityPath, status: str) -> Rule:
+        """Enable or disable a rule: its entry in its trigger's rules map."""
+        rule = await self._stored_rule(path)
+        link = RuleLink(rule.action, status)
+        name = rule.qualified
+        if await self._edit_rules(rule.trigger, lambda rules: {**rules, name: link}) is None:
+            if status == ACTIVE:
+                raise ApiError(404, RULE_NEEDS_TRIGGER)
+            status = INACTIVE
+        rule.status = status
+        return rule
+
+    async def _stored_rule(self, path: EntityPath) -> Rule:
+        stored = await self.entities.get(RULES, path.path, path.name)
+        if stored is None:
+            raise ApiError(404, NOT_FOUND)
+        return Rule.from_json(stored.doc)
+
+    async def _rule_status(self, rule: Rule) -> str:
+        stored = await self.entities.get(TRIGGERS, rule.trigger.path, rule.trigger.name)
+        return _status_in(Trigger.from_json(stored.doc) if stored else None, rule)
+
+    async def _check_rule_references(self, rule: Rule) -> None:
+        """Trigger and action must be the caller's and exist (OpenWhisk: 400 if they do not)."""
+        for what, ref in (("trigger", rule.trigger), ("action", rule.action)):
+            if ref.namespace != rule.namespace:
+                raise ApiError(403, not_authorized(ref.qualified))
+            collection = TRIGGERS if what == "trigger" else ACTIONS
+            if await self.entities.get(collection, ref.path, ref.name) is None:
+                raise ApiError(400, f"{what} {ref} does not exist")
+
     # -- invoke ----------------------------------------------------------------------------
 
     async def invoke(
@@ -174,6 +486,33 @@ class ControllerService:
         size = len(orjson.dumps(params))
         if size > self.limits.payload_bytes:
             raise ApiError(413, too_large("request", size, self.limits.payload_bytes))
+
+
+def _rule_result(
+    status_code: int,
+    rule: str,
+    action: str,
+    *,
+    activation_id: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One line of a trigger activation's logs, as OpenWhisk's RuleActivationResult."""
+    result: dict[str, Any] = {"statusCode": status_code, "success": status_code == SUCCESS}
+    if activation_id is not None:
+        result["activationId"] = activation_id
+    else:
+        result["error"] = error
+    result.update(rule=rule, action=action)
+    return result
+
+
+def _status_in(trigger: Trigger | None, rule: Rule) -> str:
+    link = trigger.rules.get(rule.qualified) if trigger else None
+    return link.status if link is not None else INACTIVE
+
+
+def _without(rules: dict[str, RuleLink], name: str) -> dict[str, RuleLink]:
+    return {k: v for k, v in rules.items() if k != name}
 
 
 def _give_up(waiter: asyncio.Future[dict[str, Any] | None]) -> None:

@@ -28,9 +28,17 @@ NO_RESPONSE = "The action did not produce a valid response and exited unexpected
 INIT_FAILED = "The action failed during initialization"
 
 
+_ID_CHARS = frozenset("0123456789abcdef")
+
+
 def new_activation_id() -> str:
     """32 lowercase hex digits, a uuid without dashes."""
     return os.urandom(16).hex()
+
+
+def is_activation_id(value: str) -> bool:
+    """True for 32 lowercase hex digits, the only form the API accepts."""
+    return len(value) == 32 and set(value) <= _ID_CHARS
 
 
 @dataclass(slots=True)

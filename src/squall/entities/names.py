@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 # OpenWhisk's EntityName regex: word characters, then word characters, spaces, @ . and -,
 # not ending in a space. 256 characters at most.
@@ -48,6 +49,25 @@ class EntityPath:
 
     def __str__(self) -> str:
         return "/" + self.qualified
+
+    def to_json(self) -> dict[str, str]:
+        """OpenWhisk's FullyQualifiedEntityName JSON: `{"path": "guest/pkg", "name": "hello"}`."""
+        return {"path": self.path, "name": self.name}
+
+    @classmethod
+    def from_json(cls, value: Any) -> EntityPath:
+        """The `{path, name}` form back (path `ns` or `ns/pkg`); IllegalName when malformed."""
+        if not isinstance(value, dict):
+            raise IllegalName("A fully qualified name must be an object with 'path' and 'name'.")
+        path, name = value.get("path"), value.get("name")
+        if not isinstance(path, str) or not isinstance(name, str):
+            raise IllegalName("A fully qualified name must have a string 'path' and 'name'.")
+        parts = path.split("/")
+        if len(parts) > 2:
+            raise IllegalName(f"The path '{path}' is not a valid entity path.")
+        for part in [*parts, name]:
+            check_name(part)
+        return cls(parts[0], parts[1] if len(parts) == 2 else None, name)
 
 
 def parse_qualified(text: str, default_namespace: str) -> EntityPath:
