@@ -15,10 +15,12 @@ from pathlib import Path
 from starlette.types import ASGIApp
 
 from squall.abc import ActivationStore, Coordinator, EntityStore, MessageBus, SandboxFactory
+from squall.alarms import AlarmService
 from squall.bus.memory import MemoryBus
 from squall.config import Settings
 from squall.controller.app import build_app
 from squall.controller.auth import Authenticator, generate_auth, subject_record, verify_key
+from squall.controller.feeds import AlarmFeeds
 from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
 from squall.invoker.service import InvokerService
@@ -46,6 +48,7 @@ class Platform:
     invoker: InvokerService
     controller: ControllerService
     auth: Authenticator
+    alarms: AlarmService
     app: ASGIApp
     guest_auth: str = field(default="", repr=False)
     warnings: list[str] = field(default_factory=list)
@@ -64,8 +67,10 @@ class Platform:
         await self.scheduler.start()
         await self.invoker.start()
         await self.controller.start()
+        await self.alarms.start()  # last: its fires go through the controller
 
     async def close(self) -> None:
+        await self.alarms.close()
         await self.controller.close()
         await self.invoker.close()
         await self.scheduler.close()
@@ -111,7 +116,11 @@ def build_platform(settings: Settings) -> Platform:
         kinds=frozenset(sandboxes.kinds()),
     )
     auth = Authenticator(entities)
-    app = build_app(controller, auth)
+    feeds = AlarmFeeds(controller)
+    # The scheduler role owns alarm timers; in one process they fire through the controller.
+    alarms = AlarmService(entities, feeds.fire, on_delete_after_fire=feeds.delete_after_fire)
+    feeds.attach(alarms)
+    app = build_app(controller, auth, feeds=feeds)
     warnings = []
     if getattr(sandboxes, "isolation_degraded", False):
         warnings.append(
@@ -128,6 +137,7 @@ def build_platform(settings: Settings) -> Platform:
         invoker,
         controller,
         auth,
+        alarms,
         app,
         warnings=warnings,
     )

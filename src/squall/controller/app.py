@@ -24,6 +24,7 @@ from squall.controller.errors import (
     ApiError,
     not_authorized,
 )
+from squall.controller.feeds import AlarmFeeds, is_alarm_feed
 from squall.controller.http import (
     CORS_HEADERS,
     empty_response,
@@ -54,8 +55,10 @@ _ENTITY_BODY_SLACK = 64 * 1024
 class Api:
     """Route handlers bound to one controller service."""
 
-    def __init__(self, service: ControllerService, auth: Authenticator) -> None:
-        self.service, self.auth = service, auth
+    def __init__(
+        self, service: ControllerService, auth: Authenticator, feeds: AlarmFeeds | None = None
+    ) -> None:
+        self.service, self.auth, self.feeds = service, auth, feeds
         self.limits = service.limits
 
     # -- plumbing --------------------------------------------------------------------------
@@ -182,6 +185,11 @@ class Api:
         return json_response(action.to_json(), transaction_id=tid)
 
     async def invoke_action(self, request: Request, identity: Identity, tid: str) -> Response:
+        params = request.path_params
+        if self.feeds is not None and is_alarm_feed(
+            params["ns"], params.get("pkg"), params["name"]
+        ):
+            return await self.invoke_feed(request, identity, tid)
         path = self.action_path(request, identity)
         blocking = query_bool(request, "blocking")
         result_only = query_bool(request, "result")
@@ -199,6 +207,18 @@ class Api:
             return json_response({"activationId": activation_id}, 202, tid, headers)
         status = {0: 200, 1: 502, 2: 502}.get(record["statusCode"], 500)
         body = record["response"]["result"] if result_only else record
+        return json_response(body, status, tid, headers)
+
+    async def invoke_feed(self, request: Request, identity: Identity, tid: str) -> Response:
+        """`/whisk.system/alarms/{alarm,interval,once}`: built-in feed actions (see feeds.py)."""
+        assert self.feeds is not None
+        params = parse_json_object(await read_body(request, self.limits.payload_bytes))
+        record = await self.feeds.invoke(identity, request.path_params["name"], params, tid)
+        headers = {"x-openwhisk-activation-id": record["activationId"]}
+        if not query_bool(request, "blocking"):
+            return json_response({"activationId": record["activationId"]}, 202, tid, headers)
+        status = 200 if record["statusCode"] == 0 else 502
+        body = record["response"]["result"] if query_bool(request, "result") else record
         return json_response(body, status, tid, headers)
 
     # -- triggers --------------------------------------------------------------------------
@@ -228,6 +248,9 @@ class Api:
     async def delete_trigger(self, request: Request, identity: Identity, tid: str) -> Response:
         path = self.simple_path(request, identity, "trigger name")
         trigger = await self.service.delete_trigger(path)
+        if self.feeds is not None:
+            # wsk tells the feed first; a plain API delete must not leave a ticking alarm.
+            await self.feeds.forget(path.namespace, path.name)
         return json_response(trigger.to_json(), transaction_id=tid)
 
     async def fire_trigger(self, request: Request, identity: Identity, tid: str) -> Response:
@@ -443,10 +466,13 @@ class ApiRouter:
 
 
 def build_app(
-    service: ControllerService, auth: Authenticator, extra_routes: list[BaseRoute] | None = None
+    service: ControllerService,
+    auth: Authenticator,
+    extra_routes: list[BaseRoute] | None = None,
+    feeds: AlarmFeeds | None = None,
 ) -> ASGIApp:
     """The ASGI application serving `/api/v1`."""
-    api = Api(service, auth)
+    api = Api(service, auth, feeds)
     ep = api.endpoint
     base = "/api/v1/namespaces/{ns}"
     routes: list[BaseRoute] = [

@@ -1,0 +1,1108 @@
+"""The alarm timer service: fires alarm triggers on time, once per tick, across restarts.
+
+Timing
+------
+One timer task keeps a heap of (due instant, alarm) and sleeps until the earliest due instant
+(`asyncio.timeout` on an event, i.e. `loop.call_at`): no polling. Creating, updating, pausing or
+deleting an alarm re-arms it. The sleep is capped at `max_sleep_s` (60 s) so a wall-clock jump
+(NTP step, suspended laptop) is noticed within a minute; `rearm()` makes it look at once.
+Each due tick is fired by its own task, bounded by a semaphore (`max_concurrent_fires`), so a slow
+fire never delays another alarm's tick. An alarm has at most one tick in flight; its next tick is
+armed when the fire returns.
+
+Exactly once per tick
+---------------------
+* A tick's activation id is deterministic: the first 32 hex digits of
+  sha256("{namespace}/{trigger}|{tick ISO}") (`activation_id_for`). The fire callback (the
+  controller's trigger fire) is idempotent on that id.
+* An alarm's `next_tick` is persisted only AFTER the fire callback returned. A crash between the
+  fire and the write leaves the old `next_tick` in the store; on restart that tick is in the
+  past, so the misfire policy fires it again WITH THE SAME ID, and the controller drops the
+  duplicate. A crash before the fire leaves the same state, and the tick is fired for the first
+  time. So a tick is never lost (beyond what the alarm's misfire policy asks) and never doubled.
+* Retries of a failed or throttled fire reuse the tick's id, for the same reason.
+* If the store fails after a fire, the service keeps firing from memory and retries the write
+  with backoff; a crash meanwhile only means some ticks are fired again with their same ids.
+
+Misfires
+--------
+A tick is missed when it is more than `misfire_grace_s` (1 s) late: at `start()` (ticks that fell
+while no service ran) and after a fire that took longer than the next tick's spacing (retries).
+The alarm's policy decides: `skip` drops them, `fire_once` (default) fires the most recent one,
+`fire_all` fires each one within `catchup_window_s`, oldest first. OpenWhisk's provider replays
+nothing (`skip`); Squall's default never loses a tick silently.
+
+Storage
+-------
+Alarms are JSON documents (`Alarm.to_doc`) in the entity store's collection "alarms", under the
+path `#alarms/{namespace}` with the trigger's name. Not under `{namespace}` itself: the store keeps
+names unique per path across collections (as OpenWhisk's document ids are), so the trigger entity
+`guest/t` and its alarm `guest/t` would collide; and listing every alarm at start needs a common
+root. `#` can never start a namespace name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from squall.abc import EntityStore, JSONDict, StoredEntity
+from squall.alarms.model import (
+    Alarm,
+    AlarmKind,
+    AlarmStatus,
+    DeleteAfterFire,
+    LastFire,
+    Plan,
+    StatusReason,
+    activation_id_for,
+    epoch_ms,
+    js_iso,
+    msg_status_code,
+    plan_next,
+)
+from squall.alarms.schedule import AlarmValidationError, ensure_utc
+from squall.errors import ConflictError, NotFoundError
+
+__all__ = [
+    "ALARMS_COLLECTION",
+    "ALARMS_ROOT",
+    "AlarmService",
+    "AlarmStats",
+    "DeleteAfterFireCallback",
+    "FireCallback",
+    "FireOutcome",
+    "FireRecord",
+    "FireResult",
+    "RetryPolicy",
+    "store_path",
+]
+
+log = logging.getLogger(__name__)
+
+ALARMS_COLLECTION = "alarms"
+ALARMS_ROOT = "#alarms"
+LIST_PAGE = 500
+LAG_SAMPLES = 4096
+
+
+def store_path(namespace: str) -> str:
+    """The entity-store path an alarm of `namespace` is kept under."""
+    return f"{ALARMS_ROOT}/{namespace}"
+
+
+class FireOutcome(StrEnum):
+    FIRED = "fired"  # the trigger fired (its rules' actions were invoked)
+    NO_ACTIVE_RULES = "no_active_rules"  # the trigger fired; no active rule to invoke
+    TRIGGER_GONE = "trigger_gone"  # 404 (or another permanent 4xx): disable the alarm
+    THROTTLED = "throttled"  # 429: retry with backoff, bounded
+    FAILED = "failed"  # transient (timeout, 5xx, unreachable): retry a few times
+
+
+@dataclass(frozen=True, slots=True)
+class FireResult:
+    """What the fire callback reports for one attempt."""
+
+    outcome: FireOutcome
+    message: str = ""
+    status_code: int | None = None
+    retry_after_s: float | None = None  # a throttled caller's hint
+
+    @property
+    def delivered(self) -> bool:
+        """The trigger fired: the tick is done and counts toward maxTriggers."""
+        return self.outcome in (FireOutcome.FIRED, FireOutcome.NO_ACTIVE_RULES)
+
+    @classmethod
+    def fired(cls) -> FireResult:
+        return cls(FireOutcome.FIRED)
+
+    @classmethod
+    def no_active_rules(cls) -> FireResult:
+        return cls(FireOutcome.NO_ACTIVE_RULES)
+
+    @classmethod
+    def trigger_gone(cls, status_code: int = 404, message: str = "") -> FireResult:
+        return cls(FireOutcome.TRIGGER_GONE, message, status_code)
+
+    @classmethod
+    def throttled(cls, retry_after_s: float | None = None, message: str = "") -> FireResult:
+        return cls(FireOutcome.THROTTLED, message, 429, retry_after_s)
+
+    @classmethod
+    def failed(cls, message: str = "", status_code: int | None = None) -> FireResult:
+        return cls(FireOutcome.FAILED, message, status_code)
+
+
+# fire(alarm, tick, activation_id): fire the alarm's trigger with alarm.payload, idempotently on
+# activation_id. Exceptions count as FAILED.
+FireCallback = Callable[[Alarm, datetime, str], Awaitable[FireResult]]
+# on_delete_after_fire(alarm, "true" | "rules"): a once-alarm fired; delete its trigger (and,
+# for "rules", the trigger's rules). The service deletes the alarm itself afterwards.
+DeleteAfterFireCallback = Callable[[Alarm, DeleteAfterFire], Awaitable[None]]
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how long one tick's fire is retried (always with the tick's own id).
+
+    Throttled: OpenWhisk's backoff max(1 s, 1 s x throttles^2), capped at `max_delay_s`.
+    Failed: doubling from `base_delay_s`. Once attempts run out the tick is recorded as not
+    delivered and the alarm goes on with its next tick (it is not disabled, unlike OpenWhisk).
+    """
+
+    failed_attempts: int = 4
+    throttled_attempts: int = 10
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+
+    def failed_delay(self, failures: int) -> float:
+        return float(min(self.max_delay_s, self.base_delay_s * 2 ** (failures - 1)))
+
+    def throttled_delay(self, throttles: int, hint: float | None) -> float:
+        wanted = max(self.base_delay_s, self.base_delay_s * throttles**2, hint or 0.0)
+        return float(min(self.max_delay_s, wanted))
+
+
+@dataclass(frozen=True, slots=True)
+class FireRecord:
+    """One fire, kept in a small in-memory ring per alarm."""
+
+    tick: datetime
+    due: datetime
+    fired_at: datetime
+    lag_ms: float
+    activation_id: str
+    outcome: FireOutcome
+    attempts: int
+    catchup: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmStats:
+    """Totals since this service started (for metrics)."""
+
+    alarms: int
+    active: int
+    paused: int
+    scheduled: int
+    in_flight: int
+    fires: int  # ticks whose fire finished (delivered or not)
+    delivered: int
+    not_delivered: int  # gave up after retries
+    retries: int
+    throttled: int
+    triggers_gone: int
+    missed_ticks: int  # ticks found missed (catch-up fires plus dropped)
+    catchup_fires: int
+    dropped_ticks: int  # a lower bound when a huge backlog was counted with a cap
+    persist_failures: int
+    internal_errors: int
+    lag_samples: int  # on-time fires in the lag window (catch-up fires excluded)
+    lag_p50_ms: float | None
+    lag_p99_ms: float | None
+    lag_max_ms: float | None
+
+
+class _Persist(StrEnum):
+    OK = "ok"
+    DEFERRED = "deferred"  # the store failed; retried in the background; memory is ahead
+    SUPERSEDED = "superseded"  # the stored alarm changed elsewhere (adopted) or vanished
+
+
+class _Entry:
+    """An alarm as the service holds it."""
+
+    __slots__ = ("alarm", "dirty", "generation", "lock", "recent", "revision", "token")
+
+    def __init__(self, alarm: Alarm, revision: int, recent_size: int) -> None:
+        self.alarm = alarm
+        self.revision = revision
+        self.lock = asyncio.Lock()
+        self.token = 0  # identifies the one valid heap entry of this alarm
+        self.generation = 0  # grows on every user change; a fire started before one defers
+        self.dirty = False  # memory is ahead of the store
+        self.recent: deque[FireRecord] = deque(maxlen=recent_size)
+
+
+# heap item: (due, sequence, alarm id, token, tick, catch-up)
+_HeapItem = tuple[datetime, int, str, int, datetime, bool]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AlarmService:
+    """Owns every alarm in an entity store and fires them through `fire`."""
+
+    def __init__(
+        self,
+        store: EntityStore,
+        fire: FireCallback,
+        *,
+        clock: Clock | None = None,
+        max_concurrent_fires: int = 64,
+        on_delete_after_fire: DeleteAfterFireCallback | None = None,
+        retry: RetryPolicy | None = None,
+        misfire_grace_s: float = 1.0,
+        max_cron_fields: int = 6,
+        recent_fires: int = 20,
+        max_sleep_s: float = 60.0,
+        close_grace_s: float = 2.0,
+        fire_timeout_s: float = 30.0,
+    ) -> None:
+        if max_concurrent_fires < 1:
+            raise ValueError("max_concurrent_fires must be at least 1")
+        self._store = store
+        self._fire = fire
+        self._clock = clock or _utc_now
+        self._on_delete_after_fire = on_delete_after_fire
+        self._retry = retry or RetryPolicy()
+        self._grace_s = misfire_grace_s
+        self._max_cron_fields = max_cron_fields
+        self._recent_size = recent_fires
+        self._max_sleep_s = max_sleep_s
+        self._close_grace_s = close_grace_s
+        self._fire_timeout_s = fire_timeout_s
+        self._semaphore = asyncio.Semaphore(max_concurrent_fires)
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[_HeapItem] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._create_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._started = False
+        self._closing = False
+        self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self._counts: dict[str, int] = dict.fromkeys(
+            (
+                "fires",
+                "delivered",
+                "not_delivered",
+                "retries",
+                "throttled",
+                "triggers_gone",
+                "missed_ticks",
+                "catchup_fires",
+                "dropped_ticks",
+                "persist_failures",
+                "internal_errors",
+            ),
+            0,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every alarm, apply misfire policies to ticks missed while down, start timing.
+
+        Store errors propagate (the caller reports not-ready and retries).
+        """
+        if self._started:
+            raise RuntimeError("the alarm service is already started")
+        stored = await self._load_all()
+        self._started = True
+        now = self.now()
+        for entity in stored:
+            try:
+                alarm = Alarm.from_doc(entity.doc)
+            except (KeyError, ValueError, TypeError):
+                log.exception(
+                    "skipping unreadable alarm document %s/%s", entity.namespace, entity.name
+                )
+                self._counts["internal_errors"] += 1
+                continue
+            entry = _Entry(alarm, entity.revision, self._recent_size)
+            self._entries[alarm.id] = entry
+            try:
+                async with entry.lock:
+                    await self._restore(entry, now)
+            except Exception:  # one bad alarm must not keep the others from starting
+                self._counts["internal_errors"] += 1
+                log.exception("alarm %s could not be scheduled", alarm.id)
+        self._timer = asyncio.create_task(self._run_timer(), name="squall-alarm-timer")
+        log.info(
+            "alarm service started with %d alarms (%d scheduled)",
+            len(self._entries),
+            self._scheduled_count(),
+        )
+
+    async def close(self) -> None:
+        """Stop timing; let fires in flight finish (up to close_grace_s), write what is pending.
+
+        A fire cut off here was either not made or is made again, with the same activation id,
+        by the next start.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=self._close_grace_s)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for entry in list(self._entries.values()):
+            if entry.dirty:
+                async with entry.lock:
+                    await self._persist(entry)
+        unsaved = sum(1 for e in self._entries.values() if e.dirty)
+        if unsaved:
+            log.warning(
+                "alarm service closed with %d alarms not written; their last ticks "
+                "will be fired again (same activation ids) at the next start",
+                unsaved,
+            )
+
+    def now(self) -> datetime:
+        """The service's clock, aware UTC."""
+        return ensure_utc(self._clock(), "clock()")
+
+    def rearm(self) -> None:
+        """Re-read the clock and re-arm the timer now (after a wall-clock jump; in tests)."""
+        self._wake.set()
+
+    async def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until no fire is in flight and no tick is due (tests, graceful drains)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            pending = [t for t in self._tasks if not t.done()]
+            due = self._peek()
+            if not pending and (due is None or due[0] > self.now()):
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"alarm service not idle after {timeout_s} s")
+            if pending:
+                await asyncio.wait(pending, timeout=remaining)
+            else:
+                await asyncio.sleep(0.001)
+
+    # -- the API ------------------------------------------------------------------------------
+
+    async def create(self, alarm: Alarm) -> Alarm:
+        """Persist and schedule a new alarm (built with `Alarm.from_params`).
+
+        ConflictError when the trigger already has one; AlarmValidationError when it would
+        never fire.
+        """
+        self._require_started()
+        async with self._create_lock:
+            if alarm.id in self._entries:
+                raise ConflictError(f"trigger {alarm.id} already has an alarm")
+            now = self.now()
+            fresh = replace(
+                alarm,
+                status=AlarmStatus(date_changed=now),
+                last_fire=None,
+                fires_count=0,
+                next_tick=None,
+            )
+            tick = fresh.next_tick_after(now)
+            if tick is None:
+                raise AlarmValidationError(
+                    "the first scheduled trigger fire is not until after the stop date"
+                )
+            fresh = replace(fresh, next_tick=tick)
+            stored = await self._store.put(
+                ALARMS_COLLECTION,
+                store_path(fresh.namespace),
+                fresh.trigger,
+                fresh.to_doc(),
+                None,
+            )
+            entry = _Entry(fresh, stored.revision, self._recent_size)
+            self._entries[fresh.id] = entry
+            self._arm(entry, tick, catchup=False)
+        log.info("alarm %s created (%s), first tick %s", fresh.id, _describe(fresh), tick)
+        return fresh
+
+    def get(self, namespace: str, trigger: str) -> Alarm | None:
+        """The alarm of a trigger, None when there is none."""
+        entry = self._entries.get(f"{namespace}/{trigger}")
+        return entry.alarm if entry else None
+
+    def list(self, namespace: str) -> list[Alarm]:
+        """Every alarm of a namespace, by trigger name."""
+        found = [e.alarm for e in self._entries.values() if e.alarm.namespace == namespace]
+        return sorted(found, key=lambda a: a.trigger)
+
+    async def update(self, namespace: str, trigger: str, params: Mapping[str, Any]) -> Alarm:
+        """Apply a feed UPDATE (see `Alarm.updated`); re-enables a disabled alarm.
+
+        NotFoundError, AlarmValidationError; store errors propagate and change nothing.
+        """
+        entry = self._entry(namespace, trigger)
+        async with entry.lock:
+            self._check_current(entry)
+            now = self.now()
+            new = entry.alarm.updated(params, now=now, max_cron_fields=self._max_cron_fields)
+            tick = None if new.status.paused else new.next_tick_after(now)
+            new = replace(new, next_tick=tick)
+            await self._write(entry, new)
+            self._bump(entry)
+            if tick is not None:
+                self._arm(entry, tick, catchup=False)
+        log.info("alarm %s updated (%s), next tick %s", new.id, _describe(new), tick)
+        return new
+
+    async def delete(self, namespace: str, trigger: str) -> bool:
+        """Remove an alarm; False when there was none. A fire in flight still completes."""
+        self._require_started()
+        alarm_id = f"{namespace}/{trigger}"
+        entry = self._entries.get(alarm_id)
+        if entry is None:
+            return await self._store.delete(ALARMS_COLLECTION, store_path(namespace), trigger)
+        async with entry.lock:
+            if self._entries.get(alarm_id) is not entry:
+                return False
+            await self._store.delete(ALARMS_COLLECTION, store_path(namespace), trigger)
+            self._forget(entry)
+        log.info("alarm %s deleted", alarm_id)
+        return True
+
+    async def pause(self, namespace: str, trigger: str) -> Alarm:
+        """Hold an alarm: nothing fires until `resume`; ticks meanwhile are not made up."""
+        entry = self._entry(namespace, trigger)
+        async with entry.lock:
+            self._check_current(entry)
+            alarm = entry.alarm
+            if alarm.status.paused:
+                return alarm
+            now = self.now()
+            new = replace(
+                alarm.with_status(now, paused=True, reason=StatusReason("USER", "paused")),
+                next_tick=None,
+                config_version=alarm.config_version + 1,
+            )
+            await self._write(entry, new)
+            self._bump(entry)
+        log.info("alarm %s paused", new.id)
+        return new
+
+    async def resume(self, namespace: str, trigger: str) -> Alarm:
+        """Undo `pause`: the next tick after now fires (paused-over ticks are not made up)."""
+        entry = self._entry(namespace, trigger)
+        async with entry.lock:
+            self._check_current(entry)
+            alarm = entry.alarm
+            if not alarm.status.paused:
+                return alarm
+            now = self.now()
+            reason = None if alarm.status.active else alarm.status.reason
+            resumed = alarm.with_status(now, paused=False, reason=reason)
+            tick = resumed.next_tick_after(now) if resumed.status.active else None
+            new = replace(resumed, next_tick=tick, config_version=alarm.config_version + 1)
+            await self._write(entry, new)
+            self._bump(entry)
+            if tick is not None:
+                self._arm(entry, tick, catchup=False)
+        log.info("alarm %s resumed, next tick %s", new.id, tick)
+        return new
+
+    def next_fire_times(self, alarm: Alarm, n: int) -> builtins.list[datetime]:
+        """The next `n` instants `alarm` will fire at (due instants, jitter included)."""
+        if not alarm.status.active or alarm.status.paused or n <= 0:
+            return []
+        tick = alarm.next_tick or alarm.next_tick_after(self.now())
+        left = alarm.triggers_left()
+        limit = n if left is None else min(n, left)
+        schedule = alarm.schedule()
+        out: list[datetime] = []
+        while tick is not None and len(out) < limit:
+            out.append(alarm.due_at(tick))
+            tick = schedule.next_after(tick)
+        return out
+
+    def recent_fires(self, namespace: str, trigger: str) -> builtins.list[FireRecord]:
+        """The alarm's last few fires, oldest first (empty after a restart)."""
+        entry = self._entries.get(f"{namespace}/{trigger}")
+        return list(entry.recent) if entry else []
+
+    def read_view(self, alarm: Alarm, *, next_count: int = 5) -> JSONDict:
+        """OpenWhisk's feed READ body, plus Squall's extras (next, last_fire, misfire_policy,
+        catchup_window_s, jitter_s, paused, fires_count)."""
+        config: JSONDict = {
+            "name": alarm.trigger,
+            "namespace": alarm.namespace,
+            "payload": alarm.payload,
+        }
+        if alarm.kind is AlarmKind.ONCE:
+            config["date"] = js_iso(alarm.date) if alarm.date else None
+            config["deleteAfterFire"] = alarm.delete_after_fire
+        else:
+            config["startDate"] = js_iso(alarm.start_date) if alarm.start_date else None
+            config["stopDate"] = js_iso(alarm.stop_date) if alarm.stop_date else None
+            if alarm.kind is AlarmKind.INTERVAL:
+                config["minutes"] = alarm.minutes
+            else:
+                config["cron"] = alarm.cron
+                config["timezone"] = alarm.timezone or "UTC"
+                if alarm.strict is not None:
+                    config["strict"] = alarm.strict
+            if alarm.max_triggers is not None:
+                config["maxTriggers"] = alarm.max_triggers
+        changed = alarm.status.date_changed
+        status: JSONDict = {
+            "active": alarm.status.active,
+            "dateChanged": epoch_ms(changed) if changed else None,
+            "dateChangedISO": js_iso(changed) if changed else None,
+            "reason": alarm.status.reason.to_json() if alarm.status.reason else None,
+        }
+        return {
+            "config": config,
+            "status": status,
+            "next": [js_iso(t) for t in self.next_fire_times(alarm, next_count)],
+            "last_fire": alarm.last_fire.to_json() if alarm.last_fire else None,
+            "misfire_policy": alarm.misfire,
+            "catchup_window_s": alarm.catchup_window_s,
+            "jitter_s": alarm.jitter_s,
+            "paused": alarm.status.paused,
+            "fires_count": alarm.fires_count,
+        }
+
+    def stats(self) -> AlarmStats:
+        """Totals for metrics."""
+        lags = sorted(self._lags)
+        alarms = [e.alarm for e in self._entries.values()]
+        return AlarmStats(
+            alarms=len(alarms),
+            active=sum(1 for a in alarms if a.status.active and not a.status.paused),
+            paused=sum(1 for a in alarms if a.status.paused),
+            scheduled=self._scheduled_count(),
+            in_flight=sum(1 for t in self._tasks if not t.done()),
+            fires=self._counts["fires"],
+            delivered=self._counts["delivered"],
+            not_delivered=self._counts["not_delivered"],
+            retries=self._counts["retries"],
+            throttled=self._counts["throttled"],
+            triggers_gone=self._counts["triggers_gone"],
+            missed_ticks=self._counts["missed_ticks"],
+            catchup_fires=self._counts["catchup_fires"],
+            dropped_ticks=self._counts["dropped_ticks"],
+            persist_failures=self._counts["persist_failures"],
+            internal_errors=self._counts["internal_errors"],
+            lag_samples=len(lags),
+            lag_p50_ms=_percentile(lags, 50),
+            lag_p99_ms=_percentile(lags, 99),
+            lag_max_ms=lags[-1] if lags else None,
+        )
+
+    # -- loading and misfires -----------------------------------------------------------------
+
+    async def _load_all(self) -> builtins.list[StoredEntity]:
+        found: dict[tuple[str, str], StoredEntity] = {}
+        skip = 0
+        while True:  # bounded: each page is non-empty and the store is finite
+            page = await self._store.list(
+                ALARMS_COLLECTION, ALARMS_ROOT, skip=skip, limit=LIST_PAGE, prefix_match=True
+            )
+            for entity in page:
+                found.setdefault((entity.namespace, entity.name), entity)
+            if len(page) < LIST_PAGE:
+                return list(found.values())
+            skip += len(page)
+
+    async def _restore(self, entry: _Entry, now: datetime) -> None:
+        """At start: apply the misfire policy to the persisted next tick and arm the alarm."""
+        alarm = entry.alarm
+        if not alarm.status.active or alarm.status.paused:
+            return
+        candidate = alarm.next_tick if alarm.next_tick is not None else alarm.next_tick_after(now)
+        plan = plan_next(alarm, candidate, now, grace_s=self._grace_s)
+        self._count_plan(alarm, plan)
+        if plan.tick is None:
+            entry.alarm = self._ended(replace(alarm, next_tick=None), plan, now)
+            await self._persist(entry)
+            log.warning(
+                "alarm %s ended while no scheduler ran: %s",
+                alarm.id,
+                entry.alarm.status.reason.message if entry.alarm.status.reason else "",
+            )
+            return
+        if plan.tick != alarm.next_tick:
+            entry.alarm = replace(alarm, next_tick=plan.tick)
+            await self._persist(entry)
+        self._arm(entry, plan.tick, catchup=plan.catchup)
+
+    def _count_plan(self, alarm: Alarm, plan: Plan) -> None:
+        if plan.dropped:
+            self._counts["dropped_ticks"] += plan.dropped
+            self._counts["missed_ticks"] += plan.dropped
+            log.warning(
+                "alarm %s: %s%d missed ticks dropped (misfire policy %s)",
+                alarm.id,
+                "at least " if plan.capped else "",
+                plan.dropped,
+                alarm.misfire,
+            )
+        if plan.catchup:
+            log.info(
+                "alarm %s: missed tick %s fires late (misfire policy %s)",
+                alarm.id,
+                plan.tick,
+                alarm.misfire,
+            )
+
+    def _ended(
+        self, alarm: Alarm, plan: Plan, now: datetime, *, failure: str | None = None
+    ) -> Alarm:
+        """The alarm, inactive, with the reason it has no more ticks.
+
+        `failure`: why the last tick's fire was given up (it matters for a once-alarm).
+        """
+        if alarm.kind is AlarmKind.ONCE and failure is not None:
+            reason = StatusReason(
+                "AUTO", f"Automatically disabled after failing to fire the trigger: {failure}"
+            )
+        elif plan.dropped and (alarm.kind is AlarmKind.ONCE or alarm.last_fire is None):
+            reason = StatusReason(
+                "AUTO",
+                f"Automatically disabled: {plan.dropped} missed tick(s) dropped by misfire "
+                f"policy {alarm.misfire} and no ticks are left",
+            )
+        else:
+            reason = alarm.end_reason()
+        return alarm.with_status(now, active=False, reason=reason)
+
+    # -- timing -------------------------------------------------------------------------------
+
+    def _arm(self, entry: _Entry, tick: datetime, *, catchup: bool) -> None:
+        entry.token += 1
+        due = entry.alarm.due_at(tick)
+        heapq.heappush(
+            self._heap, (due, next(self._seq), entry.alarm.id, entry.token, tick, catchup)
+        )
+        if len(self._heap) > 64 and len(self._heap) > 4 * len(self._entries):
+            self._heap = [item for item in self._heap if self._valid(item)]
+            heapq.heapify(self._heap)
+        self._wake.set()
+
+    def _valid(self, item: _HeapItem) -> bool:
+        entry = self._entries.get(item[2])
+        return entry is not None and entry.token == item[3]
+
+    def _peek(self) -> _HeapItem | None:
+        while self._heap and not self._valid(self._heap[0]):
+            heapq.heappop(self._heap)
+        return self._heap[0] if self._heap else None
+
+    def _scheduled_count(self) -> int:
+        return sum(1 for item in self._heap if self._valid(item))
+
+    async def _run_timer(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            try:
+                delay = self._launch_due()
+            except Exception:  # a bug must not stop every alarm: log, count, go on
+                self._counts["internal_errors"] += 1
+                log.exception("alarm timer failed; continuing")
+                delay = 0.1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    def _launch_due(self) -> float:
+        """Start a fire for every due tick; the seconds until the next one (capped)."""
+        now = self.now()
+        item = self._peek()
+        while item is not None and item[0] <= now:
+            heapq.heappop(self._heap)
+            entry = self._entries[item[2]]
+            entry.token += 1  # this tick is taken; nothing else may fire it
+            self._launch(entry, tick=item[4], due=item[0], catchup=item[5])
+            item = self._peek()
+        if item is None:
+            return self._max_sleep_s
+        return max(0.0, min(self._max_sleep_s, (item[0] - now).total_seconds()))
+
+    def _launch(self, entry: _Entry, *, tick: datetime, due: datetime, catchup: bool) -> None:
+        task = asyncio.create_task(
+            self._fire_tick(entry, tick, due, catchup, entry.generation),
+            name=f"squall-alarm-fire {entry.alarm.id} {tick.isoformat()}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- firing -------------------------------------------------------------------------------
+
+    async def _fire_tick(
+        self, entry: _Entry, tick: datetime, due: datetime, catchup: bool, generation: int
+    ) -> None:
+        alarm = entry.alarm
+        activation_id = activation_id_for(alarm.id, tick)
+        result, fired_at, attempts = await self._deliver(alarm, tick, activation_id)
+        # Let the other ticks due at this instant make their fire calls before this one does
+        # its bookkeeping (planning, the store write): it keeps their lag down.
+        await asyncio.sleep(0)
+        lag_ms = (fired_at - due).total_seconds() * 1000.0
+        record = FireRecord(
+            tick, due, fired_at, lag_ms, activation_id, result.outcome, attempts, catchup
+        )
+        entry.recent.append(record)
+        self._count_fire(record, result)
+        log.debug(
+            "alarm %s tick %s fired: %s (lag %.1f ms, %d attempts, id %s)",
+            alarm.id,
+            tick.isoformat(),
+            result.outcome.value,
+            lag_ms,
+            attempts,
+            activation_id,
+        )
+        delete_mode: DeleteAfterFire | None = None
+        try:
+            async with entry.lock:
+                if self._entries.get(alarm.id) is not entry:
+                    return  # deleted while firing
+                delete_mode = await self._after_fire(entry, record, result, generation)
+        except Exception:
+            self._counts["internal_errors"] += 1
+            log.exception("alarm %s: recording the fire of tick %s failed", alarm.id, tick)
+            self._rearm_after_error(entry)
+            return
+        if delete_mode is not None:
+            await self._delete_after_fire(entry.alarm, delete_mode)
+
+    def _rearm_after_error(self, entry: _Entry) -> None:
+        """After a bug in the bookkeeping: keep the alarm going from its next tick after now."""
+        try:
+            alarm = entry.alarm
+            current = self._entries.get(alarm.id) is entry
+            if current and alarm.status.active and not alarm.status.paused:
+                tick = alarm.next_tick_after(self.now())
+                if tick is not None:
+                    self._arm(entry, tick, catchup=False)
+        except Exception:
+            log.exception("alarm %s could not be re-armed; it stays idle", entry.alarm.id)
+
+    async def _deliver(
+        self, alarm: Alarm, tick: datetime, activation_id: str
+    ) -> tuple[FireResult, datetime, int]:
+        """Fire with retries (same activation id every time); the first attempt's time."""
+        failures = throttles = attempts = 0
+        first_at: datetime | None = None
+        while True:  # bounded by the retry policy's attempt counts
+            async with self._semaphore:
+                at = self.now()
+                first_at = first_at or at
+                attempts += 1
+                try:
+                    async with asyncio.timeout(self._fire_timeout_s):
+                        result = await self._fire(alarm, tick, activation_id)
+                except TimeoutError:
+                    log.warning(
+                        "alarm %s: fire callback did not return in %.1f s",
+                        alarm.id,
+                        self._fire_timeout_s,
+                    )
+                    result = FireResult.failed(f"no answer in {self._fire_timeout_s} s")
+                except Exception as exc:
+                    log.warning(
+                        "alarm %s: fire callback raised %s: %s", alarm.id, type(exc).__name__, exc
+                    )
+                    result = FireResult.failed(f"{type(exc).__name__}: {exc}")
+            if result.outcome is FireOutcome.THROTTLED:
+                self._counts["throttled"] += 1
+                throttles += 1
+                if throttles >= self._retry.throttled_attempts:
+                    return result, first_at, attempts
+                delay = self._retry.throttled_delay(throttles, result.retry_after_s)
+            elif result.outcome is FireOutcome.FAILED:
+                failures += 1
+                if failures >= self._retry.failed_attempts:
+                    return result, first_at, attempts
+                delay = self._retry.failed_delay(failures)
+            else:
+                return result, first_at, attempts
+            self._counts["retries"] += 1
+            log.info(
+                "alarm %s tick %s: %s (%s); retry %d in %.1f s",
+                alarm.id,
+                tick.isoformat(),
+                result.outcome.value,
+                result.message,
+                attempts,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    def _count_fire(self, record: FireRecord, result: FireResult) -> None:
+        self._counts["fires"] += 1
+        if result.delivered:
+            self._counts["delivered"] += 1
+        elif result.outcome is FireOutcome.TRIGGER_GONE:
+            self._counts["triggers_gone"] += 1
+        else:
+            self._counts["not_delivered"] += 1
+        if record.catchup:
+            self._counts["catchup_fires"] += 1
+            self._counts["missed_ticks"] += 1
+        else:
+            self._lags.append(record.lag_ms)
+
+    async def _after_fire(
+        self, entry: _Entry, record: FireRecord, result: FireResult, generation: int
+    ) -> DeleteAfterFire | None:
+        """Under the alarm's lock: record the fire, pick the next tick, persist, re-arm."""
+        now = self.now()
+        current = entry.alarm
+        last = LastFire(
+            record.tick,
+            record.fired_at,
+            record.lag_ms,
+            record.activation_id,
+            record.outcome.value,
+            record.attempts,
+            record.catchup,
+        )
+        if result.outcome is FireOutcome.TRIGGER_GONE:
+            code = result.status_code or 404
+            reason = StatusReason("AUTO", msg_status_code(code), code)
+            entry.alarm = replace(current, last_fire=last, next_tick=None).with_status(
+                now, active=False, reason=reason
+            )
+            self._bump(entry)
+            log.warning("alarm %s disabled: %s (%s)", current.id, reason.message, result.message)
+            await self._persist(entry)
+            return None
+        if generation != entry.generation:
+            # The alarm was updated, paused or resumed while this tick fired: the new
+            # configuration has its own next tick already; only record the fire.
+            entry.alarm = replace(current, last_fire=last)
+            await self._persist(entry)
+            return None
+        fired = replace(
+            current,
+            last_fire=last,
+            fires_count=current.fires_count + (1 if result.delivered else 0),
+        )
+        if fired.kind is AlarmKind.ONCE:
+            plan = Plan(None)
+        else:
+            plan = plan_next(fired, fired.next_tick_after(record.tick), now, grace_s=self._grace_s)
+            self._count_plan(fired, plan)
+        delete_mode: DeleteAfterFire | None = None
+        if plan.tick is None:
+            entry.alarm = self._ended(
+                replace(fired, next_tick=None),
+                plan,
+                now,
+                failure=None if result.delivered else (result.message or result.outcome.value),
+            )
+            log.info(
+                "alarm %s ended: %s",
+                fired.id,
+                entry.alarm.status.reason.message if entry.alarm.status.reason else "",
+            )
+            if (
+                fired.kind is AlarmKind.ONCE
+                and result.delivered
+                and fired.delete_after_fire != "false"
+                and self._on_delete_after_fire is not None
+            ):
+                delete_mode = fired.delete_after_fire
+        else:
+            entry.alarm = replace(fired, next_tick=plan.tick)
+        outcome = await self._persist(entry)
+        if plan.tick is not None and outcome is not _Persist.SUPERSEDED:
+            self._arm(entry, plan.tick, catchup=plan.catchup)
+        return delete_mode
+
+    async def _delete_after_fire(self, alarm: Alarm, mode: DeleteAfterFire) -> None:
+        assert self._on_delete_after_fire is not None
+        try:
+            await self._on_delete_after_fire(alarm, mode)
+        except Exception:
+            log.exception(
+                "alarm %s: deleting the trigger after its once-fire failed; the "
+                "alarm stays, disabled",
+                alarm.id,
+            )
+            return
+        try:
+            await self.delete(alarm.namespace, alarm.trigger)
+        except Exception:
+            log.exception(
+                "alarm %s: removing the alarm after its trigger was deleted failed", alarm.id
+            )
+
+    # -- persistence --------------------------------------------------------------------------
+
+    async def _persist(self, entry: _Entry) -> _Persist:
+        """Write the alarm's state after a fire or restore (caller holds the lock).
+
+        Store failures never stop the timer: the state stays in memory (dirty) and a background
+        task retries with backoff.
+        """
+        alarm = entry.alarm
+        for _ in range(2):  # a second try only after taking the stored revision
+            try:
+                stored = await self._store.put(
+                    ALARMS_COLLECTION,
+                    store_path(alarm.namespace),
+                    alarm.trigger,
+                    alarm.to_doc(),
+                    entry.revision,
+                )
+            except ConflictError:
+                outcome = await self._reconcile(entry)
+                if outcome is not None:
+                    return outcome
+                continue
+            except Exception as exc:
+                self._counts["persist_failures"] += 1
+                entry.dirty = True
+                log.warning(
+                    "alarm %s: writing its state failed (%s: %s); firing goes on from "
+                    "memory and the write is retried",
+                    alarm.id,
+                    type(exc).__name__,
+                    exc,
+                )
+                self._ensure_flusher()
+                return _Persist.DEFERRED
+            entry.revision = stored.revision
+            entry.dirty = False
+            return _Persist.OK
+        entry.dirty = True
+        self._ensure_flusher()
+        return _Persist.DEFERRED
+
+    async def _reconcile(self, entry: _Entry) -> _Persist | None:
+        """After a revision conflict: None to retry with the stored revision, or an outcome."""
+        alarm = entry.alarm
+        try:
+            stored = await self._store.get(
+                ALARMS_COLLECTION, store_path(alarm.namespace), alarm.trigger
+            )
+        except Exception as exc:
+            self._counts["persist_failures"] += 1
+            entry.dirty = True
+            log.warning("alarm %s: reading it back failed (%s)", alarm.id, exc)
+            self._ensure_flusher()
+            return _Persist.DEFERRED
+        if stored is None:
+            log.warning(
+                "alarm %s was deleted from the store by someone else; forgetting it", alarm.id
+            )
+            self._forget(entry)
+            return _Persist.SUPERSEDED
+        theirs = Alarm.from_doc(stored.doc)
+        entry.revision = stored.revision
+        if theirs.config_version == alarm.config_version:
+            return None  # our own earlier write landed after all: write again on top of it
+        log.warning(
+            "alarm %s was changed in the store by someone else; adopting that version", alarm.id
+        )
+        if alarm.last_fire and (
+            theirs.last_fire is None or theirs.last_fire.tick < alarm.last_fire.tick
+        ):
+            theirs = replace(theirs, last_fire=alarm.last_fire)
+        entry.alarm = theirs
+        entry.dirty = False
+        self._bump(entry)
+        await self._restore(entry, self.now())
+        return _Persist.SUPERSEDED
+
+    async def _write(self, entry: _Entry, alarm: Alarm) -> None:
+        """A user change: written before it takes effect; store errors propagate."""
+        path = store_path(alarm.namespace)
+        try:
+            stored = await self._store.put(
+                ALARMS_COLLECTION, path, alarm.trigger, alarm.to_doc(), entry.revision
+            )
+        except ConflictError:
+            current = await self._store.get(ALARMS_COLLECTION, path, alarm.trigger)
+            if current is None:
+                raise NotFoundError(f"trigger {alarm.id} has no alarm") from None
+            stored = await self._store.put(
+                ALARMS_COLLECTION, path, alarm.trigger, alarm.to_doc(), current.revision
+            )
+        entry.alarm = alarm
+        entry.revision = stored.revision
+        entry.dirty = False
+
+    def _ensure_flusher(self) -> None:
+        if self._closing or (self._flusher is not None and not self._flusher.done()):
+            return
+        self._flusher = asyncio.create_task(self._flush_loop(), name="squall-alarm-flush")
+
+    async def _flush_loop(self) -> None:
+        delay = self._retry.base_delay_s
+        while not self._closing:
+            await asyncio.sleep(delay)
+            dirty = [e for e in self._entries.values() if e.dirty]
+            if not dirty:
+                return
+            for entry in dirty:
+                async with entry.lock:
+                    if entry.dirty and self._entries.get(entry.alarm.id) is entry:
+                        await self._persist(entry)
+            delay = min(delay * 2, self._retry.max_delay_s)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _require_started(self) -> None:
+        if not self._started or self._closing:
+            raise RuntimeError("the alarm service is not running (call start() first)")
+
+    def _entry(self, namespace: str, trigger: str) -> _Entry:
+        self._require_started()
+        entry = self._entries.get(f"{namespace}/{trigger}")
+        if entry is None:
+            raise NotFoundError(f"trigger {namespace}/{trigger} has no alarm")
+        return entry
+
+    def _check_current(self, entry: _Entry) -> None:
+        if self._entries.get(entry.alarm.id) is not entry:
+            raise NotFoundError(f"trigger {entry.alarm.id} has no alarm")
+
+    def _bump(self, entry: _Entry) -> None:
+        """A user change: fires in flight must not re-arm; the armed tick is void."""
+        entry.generation += 1
+        entry.token += 1
+
+    def _forget(self, entry: _Entry) -> None:
+        self._bump(entry)
+        self._entries.pop(entry.alarm.id, None)
+
+
+def _describe(alarm: Alarm) -> str:
+    if alarm.kind is AlarmKind.ONCE:
+        return f"once at {alarm.date}"
+    if alarm.kind is AlarmKind.INTERVAL:
+        return f"every {alarm.minutes} min from {alarm.start_date}"
+    return f"cron '{alarm.cron}' in {alarm.timezone or 'UTC'}"
+
+
+def _percentile(ordered: list[float], pct: float) -> float | None:
+    if not ordered:
+        return None
+    index = min(len(ordered) - 1, max(0, math.ceil(pct / 100 * len(ordered)) - 1))
+    return ordered[index]

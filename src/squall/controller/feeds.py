@@ -1,0 +1,203 @@
+"""OpenWhisk's `/whisk.system/alarms` package, served in-process by the controller.
+
+In OpenWhisk the feed actions `alarm`, `interval` and `once` call a separate alarms provider
+over HTTP with the trigger owner's key, which the provider stores to fire the trigger later.
+Squall's feed actions go straight to the scheduler's AlarmService and fire triggers in-process
+as the owning namespace: no key is ever stored with an alarm.
+
+The feed protocol is OpenWhisk's: a (blocking) invoke with `lifecycleEvent` CREATE, READ,
+UPDATE, DELETE, PAUSE or UNPAUSE, `triggerName` (`/ns/name` or `/_/name`), `authKey`, plus the
+feed's parameters. So `wsk trigger create T --feed /whisk.system/alarms/alarm -p cron ...` and
+the JavaScript client's `feeds.create` work unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from squall.alarms import (
+    Alarm,
+    AlarmService,
+    AlarmValidationError,
+    FireResult,
+)
+from squall.controller.auth import Identity
+from squall.controller.errors import ApiError
+from squall.controller.service import ControllerService
+from squall.entities.activation import (
+    APPLICATION_ERROR,
+    SUCCESS,
+    ActivationResponse,
+    build_record,
+    new_activation_id,
+)
+from squall.entities.names import EntityPath, IllegalName, parse_qualified
+from squall.errors import ConflictError, NotFoundError
+
+log = logging.getLogger("squall.feeds")
+
+SYSTEM_NAMESPACE = "whisk.system"
+ALARMS_PACKAGE = "alarms"
+# Feed action name -> the alarm kind it creates.
+FEEDS = {"alarm": "cron", "interval": "interval", "once": "once"}
+FEED_ANNOTATION = "feed"
+
+
+class FeedError(Exception):
+    """The feed action fails: an application error with this message."""
+
+
+def is_alarm_feed(namespace: str, package: str | None, name: str) -> bool:
+    return namespace == SYSTEM_NAMESPACE and package == ALARMS_PACKAGE and name in FEEDS
+
+
+class AlarmFeeds:
+    """The feed actions, and the bridge from alarm ticks to trigger fires."""
+
+    def __init__(self, controller: ControllerService) -> None:
+        self._controller = controller
+        self.alarms: AlarmService | None = None
+
+    def attach(self, alarms: AlarmService) -> None:
+        self.alarms = alarms
+
+    # -- the feed actions ------------------------------------------------------------------
+
+    async def invoke(
+        self, identity: Identity, feed: str, params: dict[str, Any], transaction_id: str
+    ) -> dict[str, Any]:
+        """Run a feed action for `identity`; returns its activation record (stored)."""
+        start = int(time.time() * 1000)
+        try:
+            result = await self._lifecycle(identity, feed, params)
+            response = ActivationResponse(SUCCESS, result)
+        except (FeedError, AlarmValidationError) as exc:
+            response = ActivationResponse(APPLICATION_ERROR, {"error": str(exc)})
+        record = build_record(
+            namespace=identity.namespace,
+            name=feed,
+            version="0.0.1",
+            subject=identity.subject,
+            activation_id=new_activation_id(),
+            start=start,
+            end=int(time.time() * 1000),
+            response=response,
+            logs=[],
+            annotations=[
+                {"key": "path", "value": f"{SYSTEM_NAMESPACE}/{ALARMS_PACKAGE}/{feed}"},
+                {"key": "kind", "value": "builtin"},
+            ],
+        )
+        self._controller.activations.store(record)
+        return record
+
+    async def _lifecycle(self, identity: Identity, feed: str, params: dict[str, Any]) -> Any:
+        alarms = self._service()
+        event = str(params.get("lifecycleEvent", "")).upper()
+        trigger = await self._trigger(identity, params.get("triggerName"))
+        namespace, name = trigger.namespace, trigger.name
+        if event == "CREATE":
+            alarm = Alarm.from_params(namespace, name, FEEDS[feed], params, now=_now())
+            try:
+                await alarms.create(alarm)
+            except ConflictError as exc:
+                raise FeedError(f"trigger /{trigger.qualified} already has an alarm") from exc
+            return {"status": "success", "trigger": f"/{trigger.qualified}"}
+        if event == "READ":
+            return alarms.read_view(self._existing(namespace, name))
+        if event == "UPDATE":
+            self._existing(namespace, name)
+            return alarms.read_view(await alarms.update(namespace, name, params))
+        if event == "DELETE":
+            if not await alarms.delete(namespace, name):
+                raise FeedError(f"trigger /{trigger.qualified} has no alarm")
+            return {"status": "success", "trigger": f"/{trigger.qualified}"}
+        if event in ("PAUSE", "UNPAUSE"):
+            self._existing(namespace, name)
+            change = alarms.pause if event == "PAUSE" else alarms.resume
+            return alarms.read_view(await change(namespace, name))
+        raise FeedError(
+            "lifecycleEvent must be one of CREATE, READ, UPDATE, DELETE, PAUSE, UNPAUSE"
+        )
+
+    async def _trigger(self, identity: Identity, name: Any) -> EntityPath:
+        if not isinstance(name, str) or not name:
+            raise FeedError("the triggerName parameter is missing")
+        try:
+            path = parse_qualified(name, identity.namespace)
+        except IllegalName as exc:
+            raise FeedError(str(exc)) from exc
+        if path.namespace != identity.namespace or path.package is not None:
+            raise FeedError(f"the supplied authentication is not authorized to access '{name}'")
+        try:
+            await self._controller.get_trigger(path)
+        except ApiError as exc:
+            raise FeedError(f"trigger /{path.qualified} does not exist") from exc
+        return path
+
+    def _existing(self, namespace: str, trigger: str) -> Alarm:
+        alarm = self._service().get(namespace, trigger)
+        if alarm is None:
+            raise FeedError(f"trigger /{namespace}/{trigger} has no alarm")
+        return alarm
+
+    def _service(self) -> AlarmService:
+        if self.alarms is None:
+            raise FeedError("the alarms service is not running")
+        return self.alarms
+
+    async def forget(self, namespace: str, trigger: str) -> None:
+        """The trigger was deleted: drop its alarm, if it had one."""
+        if self.alarms is not None and self.alarms.get(namespace, trigger) is not None:
+            await self.alarms.delete(namespace, trigger)
+
+    # -- from alarm ticks to trigger fires -------------------------------------------------
+
+    async def fire(self, alarm: Alarm, tick: datetime, activation_id: str) -> FireResult:
+        """The AlarmService's fire callback: an idempotent trigger fire as the namespace."""
+        identity = await self._controller.system_identity(alarm.namespace)
+        if identity is None:
+            return FireResult.trigger_gone(404, f"namespace {alarm.namespace} no longer exists")
+        path = EntityPath(alarm.namespace, None, alarm.trigger)
+        try:
+            fired = await self._controller.fire_trigger(
+                identity, path, dict(alarm.payload), activation_id=activation_id
+            )
+        except ApiError as exc:
+            return _classify(exc)
+        return FireResult.fired() if fired is not None else FireResult.no_active_rules()
+
+    async def delete_after_fire(self, alarm: Alarm, what: str) -> None:
+        """A once-alarm with deleteAfterFire: remove its trigger (and its rules for "rules")."""
+        path = EntityPath(alarm.namespace, None, alarm.trigger)
+        try:
+            trigger = await self._controller.get_trigger(path)
+        except ApiError:
+            return  # already gone
+        if what == "rules":
+            for rule_name in list(trigger.rules):
+                try:
+                    rule_path = parse_qualified("/" + rule_name, alarm.namespace)
+                    await self._controller.delete_rule(rule_path)
+                except (ApiError, IllegalName, NotFoundError):
+                    log.info("rule %s of %s was already gone", rule_name, alarm.id)
+        try:
+            await self._controller.delete_trigger(path)
+        except ApiError:
+            log.info("trigger %s was already gone", alarm.id)
+
+
+def _classify(exc: ApiError) -> FireResult:
+    """OpenWhisk's provider: 429 backs off, other 4xx (but 408/409) disable, the rest retry."""
+    if exc.status == 429:
+        return FireResult.throttled(message=exc.message)
+    if 400 <= exc.status < 500 and exc.status not in (408, 409):
+        return FireResult.trigger_gone(exc.status, exc.message)
+    return FireResult.failed(exc.message, exc.status)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
