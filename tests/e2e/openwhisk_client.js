@@ -89,6 +89,22 @@ async function main() {
   assert.deepStrictEqual(ruled.response.result, { greeting: "Hello trigger" });
   step("fire", fired.activationId);
 
+  // The alarms feed through the client's feeds API: a trigger that fires every second.
+  const feed = "/whisk.system/alarms/alarm";
+  const feedTrigger = `/guest/${triggerName}`;
+  await ow.feeds.create({ name: feed, trigger: feedTrigger, params: { cron: "* * * * * *" } });
+  const feedInfo = await ow.feeds.get({ name: feed, trigger: feedTrigger });
+  assert.strictEqual(feedInfo.response.result.config.cron, "* * * * * *");
+  let alarmed = [];
+  for (let i = 0; i < 50 && alarmed.length === 0; i++) {
+    await sleep(100);
+    const recent = await ow.activations.list({ name: triggerName, docs: true });
+    alarmed = recent.filter((a) => a.activationId !== fired.activationId);
+  }
+  assert.ok(alarmed.length > 0, "the alarm fired the trigger");
+  await ow.feeds.delete({ name: feed, trigger: feedTrigger });
+  step("feed", alarmed[0].activationId);
+
   await ow.rules.disable({ name: ruleName });
   assert.strictEqual((await ow.rules.get({ name: ruleName })).status, "inactive");
   await ow.rules.enable({ name: ruleName });

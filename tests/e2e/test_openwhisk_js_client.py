@@ -42,6 +42,7 @@ def test_official_client_drives_squall(server: ServerProcess) -> None:
         "activation-list",
         "trigger-rule",
         "fire",
+        "feed",
         "rule-toggle-delete",
         "delete",
         "done",

@@ -262,3 +262,64 @@ async def test_deleting_the_trigger_removes_its_alarm(api: httpx.AsyncClient) ->
     assert (await api.put(f"/api/v1/namespaces/_/triggers/{trigger}", json={})).status_code == 200
     read = await feed(api, "alarm", trigger, "READ")
     assert read.status_code == 502 and "has no alarm" in read.json()["response"]["result"]["error"]
+
+
+def test_sigkill_around_fires_loses_no_alarm_and_repeats_no_tick(tmp_path: Any) -> None:
+    """SIGKILL mid-stream of every-second fires, restart: the alarm is still there, fires go
+    on, no trigger activation id repeats and no tick ran its action twice."""
+    import signal as signals
+
+    from tests.conftest import GUEST_KEY, GUEST_UUID, start_server, stop_server
+
+    data = tmp_path / "data"
+    server = start_server(data, tmp_path / "first.log")
+    try:
+        with httpx.Client(base_url=server.url, auth=(GUEST_UUID, GUEST_KEY), timeout=30) as api:
+            api.put(
+                "/api/v1/namespaces/_/actions/echo",
+                json={"exec": {"kind": "python:3", "code": ECHO}},
+            )
+            api.put("/api/v1/namespaces/_/triggers/tick", json={})
+            api.put(
+                "/api/v1/namespaces/_/rules/r", json={"trigger": "/_/tick", "action": "/_/echo"}
+            )
+            created = api.post(
+                "/api/v1/namespaces/whisk.system/actions/alarms/alarm?blocking=true",
+                json={
+                    "lifecycleEvent": "CREATE",
+                    "triggerName": "/_/tick",
+                    "cron": "* * * * * *",
+                    "misfire": "fire_all",
+                },
+            )
+            assert created.status_code == 200, created.text
+            time.sleep(2.97)  # kill right around a tick
+        server.process.send_signal(signals.SIGKILL)
+        server.process.wait(timeout=10)
+    finally:
+        stop_server(server)
+    time.sleep(1.5)
+    again = start_server(data, tmp_path / "second.log")
+    try:
+        with httpx.Client(base_url=again.url, auth=(GUEST_UUID, GUEST_KEY), timeout=30) as api:
+            time.sleep(2.5)
+            read = api.post(
+                "/api/v1/namespaces/whisk.system/actions/alarms/alarm?blocking=true",
+                json={"lifecycleEvent": "READ", "triggerName": "/_/tick"},
+            )
+            assert read.status_code == 200, read.text
+            assert read.json()["response"]["result"]["config"]["cron"] == "* * * * * *"
+            ticks = api.get(
+                "/api/v1/namespaces/_/activations", params={"name": "tick", "limit": "200"}
+            ).json()
+            runs = api.get(
+                "/api/v1/namespaces/_/activations",
+                params={"name": "echo", "limit": "200", "docs": "true"},
+            ).json()
+    finally:
+        stop_server(again)
+    tick_ids = [t["activationId"] for t in ticks]
+    assert len(tick_ids) == len(set(tick_ids)) >= 4
+    causes = [r["cause"] for r in runs]
+    assert len(causes) == len(set(causes)), "a tick ran its action twice"
+    assert set(causes) <= set(tick_ids)

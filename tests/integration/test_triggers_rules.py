@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from typing import Any
 
 import httpx
@@ -426,3 +427,69 @@ async def test_fire_trigger_with_a_fixed_id_fires_once(platform: Platform) -> No
         with pytest.raises(ApiError) as elsewhere:
             await controller.fire_trigger(identity, f"/someone/{trigger}", {})
         assert elsewhere.value.status == 403
+
+
+async def test_fires_beyond_the_minute_quota_are_429(tmp_path: Any) -> None:
+    from dataclasses import replace
+
+    from squall.config import SystemLimits
+    from squall.platform import build_platform
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path / "data")
+    settings = replace(settings, limits=replace(SystemLimits(), fires_per_minute=2))
+    platform = build_platform(settings)
+    await platform.start()
+    try:
+        transport = httpx.ASGITransport(app=platform.app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://squall", auth=(GUEST_UUID, GUEST_KEY), timeout=30
+        ) as api:
+            _, trigger, _ = await rule_setup(api)
+            answers = [(await api.post(f"{NS}/triggers/{trigger}", json={})) for _ in range(3)]
+            assert [a.status_code for a in answers] == [202, 202, 429]
+            assert answers[2].json()["error"] == (
+                "Too many requests in the last minute (count: 2, allowed: 2)."
+            )
+            identity = await platform.controller.system_identity("guest")
+            assert identity is not None
+            with pytest.raises(ApiError) as refused:
+                await platform.controller.fire_trigger(
+                    identity, trigger, {}, activation_id="ab" * 16
+                )
+            assert refused.value.status == 429
+            # A refused alarm-style fire leaves no ledger entry: it can be retried later.
+            assert await platform.activations.get("guest", "ab" * 16) is None
+    finally:
+        await platform.close()
+
+
+async def test_ledger_entry_is_durable_before_actions_are_sent(platform: Platform) -> None:
+    """At most once: the trigger record is flushed before the rule's action is published."""
+    transport = httpx.ASGITransport(app=platform.app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://squall", auth=(GUEST_UUID, GUEST_KEY), timeout=30
+    ) as api:
+        _, trigger, _ = await rule_setup(api)
+        identity = await platform.controller.system_identity("guest")
+        assert identity is not None
+        seen: list[bool] = []
+        bus = platform.bus
+        publish = bus.publish
+        tick = "cd" * 16
+
+        def observe(topic: str, message: object) -> None:
+            # When the action's message leaves, the ledger entry must already be on disk.
+            with sqlite3.connect(platform.settings.database_path) as db:
+                row = db.execute(
+                    "SELECT 1 FROM activations WHERE activation_id = ?", (tick,)
+                ).fetchone()
+            seen.append(row is not None)
+            publish(topic, message)
+
+        bus.publish = observe  # type: ignore[method-assign]
+        try:
+            await platform.controller.fire_trigger(identity, trigger, {}, activation_id=tick)
+        finally:
+            bus.publish = publish  # type: ignore[method-assign]
+        assert seen == [True]

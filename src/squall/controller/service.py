@@ -23,6 +23,7 @@ from squall.controller.errors import (
     too_large,
 )
 from squall.controller.http import new_transaction_id
+from squall.controller.throttle import PerMinuteLimit
 from squall.entities.action import Action, EntityTooLarge, InvalidEntity, build_action
 from squall.entities.activation import (
     APPLICATION_ERROR,
@@ -72,6 +73,7 @@ class ControllerService:
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
         self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._firing: set[str] = set()  # trigger activation ids being fired right now
+        self._fires = PerMinuteLimit()
 
     async def start(self) -> None:
         self._subscription = self._bus.subscribe(
@@ -212,13 +214,13 @@ class ControllerService:
         Returns the trigger activation id, or None when no rule is active (nothing is invoked
         and nothing recorded; the API answers 204). `path` may be `/ns/name`, `/_/name` or
         `name` (in the identity's namespace). Raises ApiError (404 no such trigger, 403 another
-        namespace, 413 payload too large).
+        namespace, 413 payload too large, 429 over the namespace's fires per minute).
 
-        With `activation_id` (32 lowercase hex), the fire is idempotent: when a trigger
-        activation with that id exists already, or is being fired right now, nothing happens and
-        the id is returned. The record of such a fire is flushed before this returns. A crash
-        between invoking the actions and writing the record can still repeat a fire: this is
-        at-least-once, like OpenWhisk's.
+        With `activation_id` (32 lowercase hex), the fire is idempotent and at most once: when a
+        trigger activation with that id exists already, or is being fired right now, nothing
+        happens and the id is returned; otherwise the record (the fire ledger entry) is durable
+        before any rule's action is sent, so a crash can lose a tick's action runs but never
+        repeat them.
         """
         if isinstance(path, str):
             try:
@@ -239,10 +241,7 @@ class ControllerService:
         try:
             if await self.activations.get(identity.namespace, activation_id) is not None:
                 return activation_id
-            fired = await self._fire(identity, path, payload, activation_id, tid)
-            if fired is not None:
-                await self.activations.flush()
-            return fired
+            return await self._fire(identity, path, payload, activation_id, tid, ledger=True)
         finally:
             self._firing.discard(activation_id)
 
@@ -253,17 +252,32 @@ class ControllerService:
         payload: dict[str, Any],
         trigger_id: str,
         transaction_id: str,
+        *,
+        ledger: bool = False,
     ) -> str | None:
+        """Resolve every rule, record the trigger activation, then send the actions' messages.
+
+        With `ledger`, the record is made durable before any action is sent: a crash in between
+        loses those action runs but can never repeat them, so a tick fires at most once.
+        """
         self._check_payload(payload)
         trigger = await self.get_trigger(path)
         if not trigger.has_active_rule():
             return None
+        custom = identity.limits.get("firesPerMinute")
+        allowed = custom if isinstance(custom, int) else self.limits.fires_per_minute
+        self._fires.check(identity.namespace, allowed)
         start = int(time.time() * 1000)
         args = {**trigger.parameter_values(), **payload}
-        results = [
-            await self._activate_rule(identity, rule, link, args, trigger_id, transaction_id)
-            for rule, link in trigger.rules.items()
-        ]
+        results: list[dict[str, Any]] = []
+        messages: list[ActivationMessage] = []
+        for rule, link in trigger.rules.items():
+            result, message = await self._prepare_rule(
+                identity, rule, link, args, trigger_id, transaction_id
+            )
+            results.append(result)
+            if message is not None:
+                messages.append(message)
         # OpenWhisk's trigger activation: the payload as result, no end time and no duration
         # (kept here as end = start, duration 0), one log line per rule (inactive ones too).
         self.activations.store(
@@ -280,9 +294,13 @@ class ControllerService:
                 annotations=[],
             )
         )
+        if ledger:
+            await self.activations.flush()
+        for message in messages:
+            self._bus.publish(SCHEDULER_TOPIC, message)
         return trigger_id
 
-    async def _activate_rule(
+    async def _prepare_rule(
         self,
         identity: Identity,
         rule: str,
@@ -290,33 +308,32 @@ class ControllerService:
         args: dict[str, Any],
         cause: str,
         transaction_id: str,
-    ) -> dict[str, Any]:
-        """Invoke one rule's action without waiting; its line in the trigger activation's logs."""
+    ) -> tuple[dict[str, Any], ActivationMessage | None]:
+        """One rule's line in the trigger activation's logs, and its action's message if any."""
         action = link.action.qualified
         if not link.active:
             message = f"Rule '{rule}' is inactive, action '{action}' was not activated."
-            return _rule_result(APPLICATION_ERROR, rule, action, error=message)
+            return _rule_result(APPLICATION_ERROR, rule, action, error=message), None
         if link.action.namespace != identity.namespace:
-            return _rule_result(
-                APPLICATION_ERROR, rule, action, error=not_authorized(link.action.qualified)
-            )
+            error = not_authorized(link.action.qualified)
+            return _rule_result(APPLICATION_ERROR, rule, action, error=error), None
         try:
-            activation_id, _ = await self.invoke(
+            prepared = await self.prepare(
                 identity,
                 link.action,
                 args,
                 blocking=False,
-                wait_ms=0,
                 transaction_id=transaction_id,
                 cause=cause,
             )
         except ApiError as exc:
             code = WHISK_ERROR if exc.status >= 500 else APPLICATION_ERROR
-            return _rule_result(code, rule, action, error=exc.message)
+            return _rule_result(code, rule, action, error=exc.message), None
         except Exception:
             log.exception("rule %s could not invoke %s (trigger %s)", rule, action, cause)
-            return _rule_result(WHISK_ERROR, rule, action, error=INTERNAL_ERROR)
-        return _rule_result(SUCCESS, rule, action, activation_id=activation_id)
+            return _rule_result(WHISK_ERROR, rule, action, error=INTERNAL_ERROR), None
+        result = _rule_result(SUCCESS, rule, action, activation_id=prepared.activation_id)
+        return result, prepared
 
     async def _edit_rules(self, trigger: EntityPath, edit: RulesEdit) -> Trigger | None:
         """Apply `edit` to a trigger's rules map with optimistic concurrency; None if no trigger."""
@@ -445,26 +462,10 @@ class ControllerService:
         cause: str | None = None,
     ) -> tuple[str, dict[str, Any] | None]:
         """Accept an activation; with `blocking`, wait up to `wait_ms` for its record."""
-        revision, action = await self.get_action(path)
-        content = {**action.parameter_values(), **params} if action.parameters else params
-        self._check_payload(params)
-        if await self._coordinator.get(f"throttling/{identity.namespace}/{action.qualified}"):
-            raise ApiError(429, "Too many requests")
-        activation_id = new_activation_id()
-        message = ActivationMessage(
-            activation_id=activation_id,
-            transaction_id=transaction_id,
-            invocation_namespace=identity.namespace,
-            subject=identity.subject,
-            action=action,
-            revision=revision,
-            content=content,
-            blocking=blocking,
-            controller_id=self.controller_id,
-            received_ms=int(time.time() * 1000),
-            api_key=identity.api_key,
-            cause=cause,
+        message = await self.prepare(
+            identity, path, params, blocking=blocking, transaction_id=transaction_id, cause=cause
         )
+        activation_id = message.activation_id
         if not blocking:
             self._bus.publish(SCHEDULER_TOPIC, message)
             return activation_id, None
@@ -479,6 +480,37 @@ class ControllerService:
         finally:
             timer.cancel()
             self._waiters.pop(activation_id, None)
+
+    async def prepare(
+        self,
+        identity: Identity,
+        path: EntityPath,
+        params: dict[str, Any],
+        *,
+        blocking: bool,
+        transaction_id: str,
+        cause: str | None = None,
+    ) -> ActivationMessage:
+        """Everything an invoke checks (action, payload, throttles), up to the message to send."""
+        revision, action = await self.get_action(path)
+        content = {**action.parameter_values(), **params} if action.parameters else params
+        self._check_payload(params)
+        if await self._coordinator.get(f"throttling/{identity.namespace}/{action.qualified}"):
+            raise ApiError(429, "Too many requests")
+        return ActivationMessage(
+            activation_id=new_activation_id(),
+            transaction_id=transaction_id,
+            invocation_namespace=identity.namespace,
+            subject=identity.subject,
+            action=action,
+            revision=revision,
+            content=content,
+            blocking=blocking,
+            controller_id=self.controller_id,
+            received_ms=int(time.time() * 1000),
+            api_key=identity.api_key,
+            cause=cause,
+        )
 
     def _check_payload(self, params: dict[str, Any]) -> None:
         if not params:
