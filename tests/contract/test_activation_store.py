@@ -37,8 +37,7 @@ def record(
     annotations: list[dict[str, Any]] = [
         {"key": "path", "value": path or f"{namespace}/{name}"},
         {"key": "kind", "value": "python:3.11"},
-        {"key": "limits", "value": {"timeout": 60000, "memory": 256, "logs": 10,
-                                    "concurrency": 1}},
+        {"key": "limits", "value": {"timeout": 60000, "memory": 256, "logs": 10, "concurrency": 1}},
         {"key": "waitTime", "value": 3},
     ]
     if binding:
@@ -156,8 +155,9 @@ async def test_name_filter(activation_store: ActivationStore) -> None:
     packaged = record(name="act", path="guest/pkg/act", start=T0 + 2)
     other = record(name="other", start=T0 + 3)
     # An action of a shared package reached through the binding guest/mybind.
-    bound = record(name="alarm", path="whisk.system/alarms/alarm", binding="guest/mybind",
-                   start=T0 + 4)
+    bound = record(
+        name="alarm", path="whisk.system/alarms/alarm", binding="guest/mybind", start=T0 + 4
+    )
     elsewhere = record(namespace="someone", name="act", start=T0 + 5)
     for rec in (plain, packaged, other, bound, elsewhere):
         activation_store.store(rec)
@@ -289,10 +289,12 @@ async def test_duration_stats(activation_store: ActivationStore) -> None:
         activation_store.store(record(start=since + (d * 37) % 100, duration=d))
     activation_store.store(record(start=since - 1, duration=5_000))  # before the window
     activation_store.store(record(name="other", start=since, duration=7_000))  # other action
-    activation_store.store(record(namespace="someone", path="guest/act", start=since,
-                                  duration=9_000))  # another invoking namespace
-    activation_store.store(record(name="act", path="guest/pkg/act", start=since,
-                                  duration=8_000))  # same name in a package
+    activation_store.store(
+        record(namespace="someone", path="guest/act", start=since, duration=9_000)
+    )  # another invoking namespace
+    activation_store.store(
+        record(name="act", path="guest/pkg/act", start=since, duration=8_000)
+    )  # same name in a package
 
     stats = await activation_store.duration_stats("guest", "guest/act", since)
     assert stats is not None
@@ -350,8 +352,11 @@ async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     conn.close()
 
     newer = SqliteActivationStore(path)
-    with pytest.raises(StoreError, match=r"database schema version 7 is newer than this "
-                                         r"Squall supports \(1\); upgrade Squall"):
+    with pytest.raises(
+        StoreError,
+        match=r"database schema version 7 is newer than this "
+        r"Squall supports \(1\); upgrade Squall",
+    ):
         await newer.start()
     await newer.close()
 

@@ -143,11 +143,16 @@ async def test_delete_absent_with_revision_is_false(entity_store: EntityStore) -
 
 
 async def names(
-    store: EntityStore, namespace: str, *, skip: int = 0, limit: int = 30,
+    store: EntityStore,
+    namespace: str,
+    *,
+    skip: int = 0,
+    limit: int = 30,
     prefix_match: bool = False,
 ) -> list[str]:
-    entities = await store.list(ACTIONS, namespace, skip=skip, limit=limit,
-                                prefix_match=prefix_match)
+    entities = await store.list(
+        ACTIONS, namespace, skip=skip, limit=limit, prefix_match=prefix_match
+    )
     return [f"{e.namespace}/{e.name}" for e in entities]
 
 
@@ -166,7 +171,9 @@ async def test_list_skip_and_limit(entity_store: EntityStore) -> None:
         await create(entity_store, "guest", f"a{i}")
     assert await names(entity_store, "guest", limit=3) == ["guest/a6", "guest/a5", "guest/a4"]
     assert await names(entity_store, "guest", skip=3, limit=3) == [
-        "guest/a3", "guest/a2", "guest/a1",
+        "guest/a3",
+        "guest/a2",
+        "guest/a1",
     ]
     assert await names(entity_store, "guest", skip=6, limit=3) == ["guest/a0"]
     assert await names(entity_store, "guest", skip=7) == []
@@ -185,8 +192,21 @@ async def test_list_only_the_collection(entity_store: EntityStore) -> None:
 # Paths that a LIKE pattern built from "a_b" or "a%b" would wrongly match, and neighbours in
 # byte order of "a_b/" ("-" and "." sort before "/", "0" right after it).
 TRICKY_PATHS = [
-    "a_b", "a_b/pkg", "a_b/p_k%g", "a_b/pkg.v1", "aXb", "aXb/pkg", "a%b", "a%b/pkg",
-    "a_b-x", "a_b.x/pkg", "a_b0", "a_b0/pkg", "a_bc/pkg", "a_", "a_b@x/pkg",
+    "a_b",
+    "a_b/pkg",
+    "a_b/p_k%g",
+    "a_b/pkg.v1",
+    "aXb",
+    "aXb/pkg",
+    "a%b",
+    "a%b/pkg",
+    "a_b-x",
+    "a_b.x/pkg",
+    "a_b0",
+    "a_b0/pkg",
+    "a_bc/pkg",
+    "a_",
+    "a_b@x/pkg",
 ]
 
 
@@ -199,7 +219,8 @@ async def test_prefix_match_with_wildcard_characters(entity_store: EntityStore) 
     assert await names(entity_store, "a_b") == ["a_b/n_%1"]
     assert await entity_store.count(ACTIONS, "a_b") == 1
     assert set(await names(entity_store, "a%b", prefix_match=True)) == {
-        "a%b/n_%1", "a%b/pkg/n_%1",
+        "a%b/n_%1",
+        "a%b/pkg/n_%1",
     }
     assert await names(entity_store, "a_b/pkg", prefix_match=True) == ["a_b/pkg/n_%1"]
 
@@ -210,7 +231,9 @@ async def test_prefix_match_orders_and_pages_across_paths(entity_store: EntitySt
     await create(entity_store, "guest2", "not-mine")
     await create(entity_store, "guest", "three")
     assert await names(entity_store, "guest", prefix_match=True) == [
-        "guest/three", "guest/pkg/two", "guest/one",
+        "guest/three",
+        "guest/pkg/two",
+        "guest/one",
     ]
     assert await names(entity_store, "guest", prefix_match=True, skip=1, limit=1) == [
         "guest/pkg/two",
@@ -252,8 +275,12 @@ async def test_entities_survive_reopen(backend: Backend) -> None:
 # --- subjects -------------------------------------------------------------------------------------
 
 
-def subject(namespace: str = "guest", uuid: str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502",
-            key_hash: str = "hash-1", **limits: object) -> SubjectRecord:
+def subject(
+    namespace: str = "guest",
+    uuid: str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502",
+    key_hash: str = "hash-1",
+    **limits: object,
+) -> SubjectRecord:
     return SubjectRecord(namespace, "guest-subject", uuid, key_hash, dict(limits))
 
 
@@ -325,8 +352,11 @@ async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     conn.close()
 
     newer = SqliteEntityStore(path)
-    with pytest.raises(StoreError, match=r"database schema version 99 is newer than this "
-                                         r"Squall supports \(1\); upgrade Squall") as caught:
+    with pytest.raises(
+        StoreError,
+        match=r"database schema version 99 is newer than this "
+        r"Squall supports \(1\); upgrade Squall",
+    ) as caught:
         await newer.start()
     assert str(path) in str(caught.value)
     await newer.close()
@@ -339,8 +369,16 @@ async def test_sqlite_stores_share_one_file(tmp_path: Path) -> None:
     await activations.start()
     try:
         await entities.put(ACTIONS, "guest", "a", doc("a"), None)
-        activations.store({"activationId": "a" * 32, "namespace": "guest", "name": "a",
-                           "start": 1, "end": 2, "annotations": []})
+        activations.store(
+            {
+                "activationId": "a" * 32,
+                "namespace": "guest",
+                "name": "a",
+                "start": 1,
+                "end": 2,
+                "annotations": [],
+            }
+        )
         await activations.flush()
         assert await entities.get(ACTIONS, "guest", "a") is not None
         assert await activations.get("guest", "a" * 32) is not None
