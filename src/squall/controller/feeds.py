@@ -44,6 +44,7 @@ ALARMS_PACKAGE = "alarms"
 # Feed action name -> the alarm kind it creates.
 FEEDS = {"alarm": "cron", "interval": "interval", "once": "once"}
 FEED_ANNOTATION = "feed"
+IDENTITY_TTL_S = 10.0
 
 
 class FeedError(Exception):
@@ -60,6 +61,9 @@ class AlarmFeeds:
     def __init__(self, controller: ControllerService) -> None:
         self._controller = controller
         self.alarms: AlarmService | None = None
+        # Namespace -> (expiry, identity): every tick of every alarm needs one, and they
+        # rarely change; a deleted namespace is noticed within IDENTITY_TTL_S.
+        self._identities: dict[str, tuple[float, Identity | None]] = {}
 
     def attach(self, alarms: AlarmService) -> None:
         self.alarms = alarms
@@ -158,7 +162,7 @@ class AlarmFeeds:
 
     async def fire(self, alarm: Alarm, tick: datetime, activation_id: str) -> FireResult:
         """The AlarmService's fire callback: an idempotent trigger fire as the namespace."""
-        identity = await self._controller.system_identity(alarm.namespace)
+        identity = await self._identity(alarm.namespace)
         if identity is None:
             return FireResult.trigger_gone(404, f"namespace {alarm.namespace} no longer exists")
         path = EntityPath(alarm.namespace, None, alarm.trigger)
@@ -169,6 +173,15 @@ class AlarmFeeds:
         except ApiError as exc:
             return _classify(exc)
         return FireResult.fired() if fired is not None else FireResult.no_active_rules()
+
+    async def _identity(self, namespace: str) -> Identity | None:
+        now = time.monotonic()
+        cached = self._identities.get(namespace)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        identity = await self._controller.system_identity(namespace)
+        self._identities[namespace] = (now + IDENTITY_TTL_S, identity)
+        return identity
 
     async def delete_after_fire(self, alarm: Alarm, what: str) -> None:
         """A once-alarm with deleteAfterFire: remove its trigger (and its rules for "rules")."""
