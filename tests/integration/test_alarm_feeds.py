@@ -161,6 +161,23 @@ async def test_once_feed_with_delete_after_fire(api: httpx.AsyncClient) -> None:
     assert (await api.get(f"/api/v1/namespaces/_/triggers/{trigger}")).status_code == 404
 
 
+def every_second_alarm(api: httpx.Client, **params: str) -> None:
+    """Action `echo`, trigger `tick`, rule `r`, and an alarm firing `tick` every second."""
+    api.put("/api/v1/namespaces/_/actions/echo", json={"exec": {"kind": "python:3", "code": ECHO}})
+    api.put("/api/v1/namespaces/_/triggers/tick", json={})
+    api.put("/api/v1/namespaces/_/rules/r", json={"trigger": "/_/tick", "action": "/_/echo"})
+    created = api.post(
+        "/api/v1/namespaces/whisk.system/actions/alarms/alarm?blocking=true",
+        json={
+            "lifecycleEvent": "CREATE",
+            "triggerName": "/_/tick",
+            "cron": "* * * * * *",
+            **params,
+        },
+    )
+    assert created.status_code == 200, created.text
+
+
 def test_alarm_survives_a_restart_and_catches_up_once(tmp_path: Any) -> None:
     """Down for ~3 s with the default misfire policy (fire_once): one catch-up, no duplicates."""
     from tests.conftest import GUEST_KEY, GUEST_UUID, start_server, stop_server
@@ -169,19 +186,7 @@ def test_alarm_survives_a_restart_and_catches_up_once(tmp_path: Any) -> None:
     server = start_server(data, tmp_path / "first.log")
     try:
         with httpx.Client(base_url=server.url, auth=(GUEST_UUID, GUEST_KEY), timeout=30) as api:
-            api.put(
-                "/api/v1/namespaces/_/actions/echo",
-                json={"exec": {"kind": "python:3", "code": ECHO}},
-            )
-            api.put("/api/v1/namespaces/_/triggers/tick", json={})
-            api.put(
-                "/api/v1/namespaces/_/rules/r", json={"trigger": "/_/tick", "action": "/_/echo"}
-            )
-            created = api.post(
-                "/api/v1/namespaces/whisk.system/actions/alarms/alarm?blocking=true",
-                json={"lifecycleEvent": "CREATE", "triggerName": "/_/tick", "cron": "* * * * * *"},
-            )
-            assert created.status_code == 200, created.text
+            every_second_alarm(api)
             time.sleep(2.5)
     finally:
         stop_server(server)
@@ -275,24 +280,7 @@ def test_sigkill_around_fires_loses_no_alarm_and_repeats_no_tick(tmp_path: Any) 
     server = start_server(data, tmp_path / "first.log")
     try:
         with httpx.Client(base_url=server.url, auth=(GUEST_UUID, GUEST_KEY), timeout=30) as api:
-            api.put(
-                "/api/v1/namespaces/_/actions/echo",
-                json={"exec": {"kind": "python:3", "code": ECHO}},
-            )
-            api.put("/api/v1/namespaces/_/triggers/tick", json={})
-            api.put(
-                "/api/v1/namespaces/_/rules/r", json={"trigger": "/_/tick", "action": "/_/echo"}
-            )
-            created = api.post(
-                "/api/v1/namespaces/whisk.system/actions/alarms/alarm?blocking=true",
-                json={
-                    "lifecycleEvent": "CREATE",
-                    "triggerName": "/_/tick",
-                    "cron": "* * * * * *",
-                    "misfire": "fire_all",
-                },
-            )
-            assert created.status_code == 200, created.text
+            every_second_alarm(api, misfire="fire_all")
             time.sleep(2.97)  # kill right around a tick
         server.process.send_signal(signals.SIGKILL)
         server.process.wait(timeout=10)
