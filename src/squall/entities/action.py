@@ -66,13 +66,10 @@ class Action:
 
     def parameter_values(self) -> JSON:
         """Default parameters as a dict, in list order."""
-        return {p["key"]: p.get("value") for p in self.parameters}
+        return key_value_dict(self.parameters)
 
     def annotation(self, key: str, default: Any = None) -> Any:
-        for a in self.annotations:
-            if a.get("key") == key:
-                return a.get("value")
-        return default
+        return key_value(self.annotations, key, default)
 
     def to_json(self, *, include_code: bool = True) -> JSON:
         exec_: JSON = {"kind": self.kind, "binary": self.binary}
@@ -110,6 +107,19 @@ class Action:
             annotations=list(doc.get("annotations", [])),
             updated=int(doc.get("updated", 0)),
         )
+
+
+def key_value_dict(items: list[JSON]) -> JSON:
+    """OpenWhisk's `[{key, value}]` list as a dict; a later key wins, as in OpenWhisk."""
+    return {item["key"]: item.get("value") for item in items}
+
+
+def key_value(items: list[JSON], key: str, default: Any = None) -> Any:
+    """The value of `key` in a `[{key, value}]` list."""
+    for item in items:
+        if item.get("key") == key:
+            return item.get("value")
+    return default
 
 
 def bump_version(version: str) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from squall.entities.action import key_value
+
 JSON = dict[str, Any]
 
 SUCCESS = 0
@@ -160,7 +162,4 @@ def brief(record: JSON) -> JSON:
 
 
 def annotation(record: JSON, key: str) -> Any:
-    for a in record.get("annotations", []):
-        if a.get("key") == key:
-            return a.get("value")
-    return None
+    return key_value(record.get("annotations", []), key)

@@ -14,7 +14,14 @@ from typing import Any
 import orjson
 
 from squall.config import SystemLimits
-from squall.entities.action import EntityTooLarge, InvalidEntity, bump_version, key_value_list
+from squall.entities.action import (
+    EntityTooLarge,
+    InvalidEntity,
+    bump_version,
+    key_value,
+    key_value_dict,
+    key_value_list,
+)
 from squall.entities.names import EntityPath, IllegalName, parse_qualified
 
 JSON = dict[str, Any]
@@ -69,13 +76,10 @@ class Trigger:
 
     def parameter_values(self) -> JSON:
         """Default parameters as a dict, in list order."""
-        return {p["key"]: p.get("value") for p in self.parameters}
+        return key_value_dict(self.parameters)
 
     def annotation(self, key: str, default: Any = None) -> Any:
-        for a in self.annotations:
-            if a.get("key") == key:
-                return a.get("value")
-        return default
+        return key_value(self.annotations, key, default)
 
     def has_active_rule(self) -> bool:
         return any(link.active for link in self.rules.values())
