@@ -38,6 +38,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-report", action="store_true", help="do not touch BENCHMARKS.md")
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: merge the phases run into the results file (default "
+        "bench/results/latest.json, or --out), keeping the other phases, and regenerate "
+        "BENCHMARKS.md from it",
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=None,
@@ -78,11 +85,14 @@ def wait_until_quiet(max_wait_s: float, threshold_pct: float = QUIET_PCT) -> flo
 
 
 def run_phases(plan: Plan, only: list[str] | None) -> dict[str, Any]:
-    results: dict[str, Any] = {"errors": {}, "phase_seconds": {}, "background_cpu_pct": {}}
+    results: dict[str, Any] = {
+        "errors": {}, "phase_seconds": {}, "background_cpu_pct": {}, "phase_dates": {},
+    }  # fmt: skip
     for name, phase in PHASES.items():
         if only and name not in only:
             continue
         results["background_cpu_pct"][name] = background_cpu_pct()
+        results["phase_dates"][name] = machine.describe()["date"]
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
@@ -111,12 +121,48 @@ def smoke_problems(results: dict[str, Any]) -> list[str]:
         phase = results.get(key)
         if phase is not None and phase.get("failed"):
             problems.append(f"{key}: {phase['failed']} invocations failed")
+    smoke = bool(targets.dig(results, ("plan", "smoke")))
+    for key in ("alarms", "alarms_inactive_rules", "alarms_apscheduler") if smoke else ():
+        phase = results.get(key)
+        if phase and "skipped" not in phase and not targets.dig(phase, ("fires_per_s",)):
+            problems.append(f"{key}: no alarm fire was delivered in the window")
     return problems
+
+
+PER_PHASE = ("errors", "phase_seconds", "background_cpu_pct", "phase_dates")
+
+
+def merge_into(path: Path, fresh: dict[str, Any], phases: list[str]) -> dict[str, Any]:
+    """The stored results with `phases` (and their errors, timings, dates) from `fresh`."""
+    merged: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    stored_date = (merged.get("machine") or {}).get("date")
+    for name in phases:
+        merged.pop(name, None)
+        if name in fresh:
+            merged[name] = fresh[name]
+    for key in PER_PHASE:
+        table = merged.setdefault(key, {})
+        for name in phases:
+            table.pop(name, None)
+            if name in fresh.get(key, {}):
+                table[name] = fresh[key][name]
+    dates = merged["phase_dates"]
+    for name in PHASES:  # phases measured before phase dates were kept: the run's own date
+        if name in merged and name not in dates and stored_date:
+            dates[name] = stored_date
+    merged["plan"] = fresh["plan"]
+    merged["machine"] = fresh["machine"]
+    merged.setdefault("schema", fresh["schema"])
+    merged.setdefault("cpu_busy_pct_at_start", fresh.get("cpu_busy_pct_at_start"))
+    merged["checks"] = targets.evaluate(merged)
+    return merged
 
 
 def output_path(args: argparse.Namespace) -> Path:
     if args.out is not None:
         return Path(args.out)
+    if args.merge:
+        return report.RESULTS
     if args.smoke or args.only:  # a partial run never replaces the full results
         return Path(tempfile.mkdtemp(prefix="squall-bench-partial-")) / "results.json"
     return report.RESULTS
@@ -124,6 +170,9 @@ def output_path(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge and (args.smoke or not args.only):
+        print("[bench] --merge needs --only and a full (not --smoke) run", file=sys.stderr)
+        return 2
     plan = SMOKE if args.smoke else FULL
     plan = dataclasses.replace(plan, use_wrk=not args.no_wrk)
     stop_on_signals()
@@ -134,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     results["checks"] = targets.evaluate(results)
     out = output_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        results = merge_into(out, results, args.only)
     out.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
     print(f"[bench] results: {out}", file=sys.stderr)
-    if not args.smoke and not args.only and not args.no_report:
+    if not args.smoke and (args.merge or not args.only) and not args.no_report:
         report.regenerate(out, report.MARKDOWN)
         print(f"[bench] report: {report.MARKDOWN}", file=sys.stderr)
     print(report.summary_text(results))

@@ -13,7 +13,9 @@ from typing import Any
 
 import psutil
 
-PACKAGES = ("squall", "starlette", "uvicorn", "httptools", "uvloop", "orjson", "psutil")
+PACKAGES = (
+    "squall", "starlette", "uvicorn", "httptools", "uvloop", "orjson", "psutil", "apscheduler",
+)
 
 
 def cpu_model() -> str:

@@ -114,3 +114,15 @@ def tree_memory(main: psutil.Process) -> dict[str, Any]:
         "total_pss_mib": total(everything, "pss_mib"),
         "total_uss_mib": total(everything, "uss_mib"),
     }
+
+
+def peak_rss_mib(proc: psutil.Process) -> float | None:
+    """The process's peak resident set (Linux VmHWM) in MiB, None when unknown."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / MiB, 2)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

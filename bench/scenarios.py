@@ -1,14 +1,15 @@
-"""The measurements: warm latency and throughput beside the baseline, cold starts, memory."""
+"""The measurements: warm latency and throughput beside the baseline, cold starts, memory, and
+alarms beside APScheduler (bench/alarms.py)."""
 
 from __future__ import annotations
 
 import http.client
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from bench import throughput
+from bench import alarms, throughput
 from bench.api import ACTIONS, Invocation, SquallClient
 from bench.loadgen import LoadgenProcess, Target
 from bench.procinfo import cpu_per_op, cpu_snapshot, tree_memory
@@ -53,13 +54,31 @@ class Plan:
     memory_actions: int
     phase_max_s: float
     use_wrk: bool = True
+    # alarms (bench/alarms.py): triggers firing once a minute at second i mod 60, idle yearly
+    # ones, and the timing of one run: first boot, warm-up, the measured window, stop margin
+    alarm_firing: int = 60_000
+    alarm_idle: int = 40_000
+    alarm_first_boot_s: float = 15.0
+    alarm_warmup_s: float = 15.0
+    alarm_window_s: float = 50.0
+    alarm_stop_margin_s: float = 2.0
+    alarm_boot_timeout_s: float = 180.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 FULL = Plan(False, 500, 5000, 60.0, 32, 8.0, 2.0, 30, 0.05, 100, 300.0)
-SMOKE = Plan(True, 20, 200, 10.0, 8, 1.0, 0.5, 3, 0.05, 5, 30.0)
+SMOKE = replace(
+    Plan(True, 20, 200, 10.0, 8, 1.0, 0.5, 3, 0.05, 5, 30.0),
+    alarm_firing=360,
+    alarm_idle=240,
+    alarm_first_boot_s=1.0,
+    alarm_warmup_s=1.0,
+    alarm_window_s=5.0,
+    alarm_stop_margin_s=1.0,
+    alarm_boot_timeout_s=60.0,
+)
 
 
 # -- warm: latency and throughput, Squall beside the baseline ---------------------------------
@@ -240,4 +259,7 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "cold_burst": lambda plan: phase_cold(plan, "cold_burst", 0.0),
     "cold_no_prewarm": lambda plan: phase_cold(plan, "cold_no_prewarm", plan.cold_pause_s),
     "memory": phase_memory,
+    "alarms": alarms.phase_alarms,
+    "alarms_inactive_rules": alarms.phase_alarms_inactive,
+    "alarms_apscheduler": alarms.phase_apscheduler,
 }

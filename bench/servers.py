@@ -54,6 +54,11 @@ class Server:
     workdir: Path
     auth: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    launched_at: float = 0.0  # time.monotonic() just before the process was started
+    launched_wall: float = 0.0  # time.time() at the same instant
+    ready_at: float | None = None  # time.monotonic() of the first /ping answered
+    stop_s: float | None = None  # how long stop() took
+    killed: bool = False  # stop() had to SIGKILL it: it did not exit within STOP_GRACE_S
 
     @property
     def log_path(self) -> Path:
@@ -83,7 +88,7 @@ class Server:
         finally:
             conn.close()
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, poll_s: float = 0.05) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -91,8 +96,9 @@ class Server:
                     f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}"
                 )
             if self.ping():
+                self.ready_at = time.monotonic()
                 return
-            time.sleep(0.05)
+            time.sleep(poll_s)
         raise ServerStartError(
             f"{self.name} did not answer /ping in {timeout:.0f} s:\n{self.log_tail()}"
         )
@@ -100,8 +106,10 @@ class Server:
     def stop(self) -> None:
         """SIGTERM and wait; then SIGKILL the server and whatever it started that is left.
         Bounded (about 30 s at worst) and not interruptible by Ctrl-C."""
+        started = time.monotonic()
         with signals_deferred():
             self._stop()
+        self.stop_s = round(time.monotonic() - started, 3)
 
     def _stop(self) -> None:
         try:
@@ -113,6 +121,7 @@ class Server:
             try:
                 self.proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self.proc.kill()
                 self.proc.wait(10)
         kill_leftovers(family)
@@ -143,6 +152,7 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 def launch(name: str, argv: list[str], env: dict[str, str], workdir: Path, port: int) -> Server:
     with open(workdir / "server.log", "wb") as log:
+        launched_at, launched_wall = time.monotonic(), time.time()
         proc = subprocess.Popen(
             argv,
             cwd=REPO_ROOT,
@@ -152,13 +162,15 @@ def launch(name: str, argv: list[str], env: dict[str, str], workdir: Path, port:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches only the harness, which stops us
         )
-    return Server(name, proc, port, workdir)
+    return Server(
+        name, proc, port, workdir, launched_at=launched_at, launched_wall=launched_wall
+    )
 
 
 @contextlib.contextmanager
-def running(server: Server, timeout: float) -> Iterator[Server]:
+def running(server: Server, timeout: float, poll_s: float = 0.05) -> Iterator[Server]:
     try:
-        server.wait_ready(timeout)
+        server.wait_ready(timeout, poll_s)
         yield server
     finally:
         server.stop()
@@ -176,18 +188,29 @@ def baseline_server(timeout: float = 30.0) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def squall_server(settings: Mapping[str, str], timeout: float = 60.0) -> Iterator[Server]:
+def squall_server(
+    settings: Mapping[str, str],
+    timeout: float = 60.0,
+    *,
+    data_dir: Path | None = None,
+    auth: str | None = None,
+    poll_s: float = 0.05,
+) -> Iterator[Server]:
     """`squall standalone` with a temporary data dir, fresh guest credentials and `settings`
-    (SQUALL_* variables) as its only configuration."""
+    (SQUALL_* variables) as its only configuration.
+
+    `data_dir` and `auth` reuse an existing data dir (kept on stop: its owner removes it) and
+    guest credentials; `poll_s` is how often /ping is tried while it starts."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="squall-bench-"))
-    auth = guest_auth()
+    auth = auth or guest_auth()
     env = clean_env({**settings, "SQUALL_GUEST_AUTH": auth})
+    data = data_dir if data_dir is not None else workdir / "data"
     argv = [
         sys.executable, "-m", "squall.cli.main", "standalone",
-        "--host", HOST, "--port", str(port), "--data-dir", str(workdir / "data"),
+        "--host", HOST, "--port", str(port), "--data-dir", str(data),
     ]  # fmt: skip
     server = launch("squall", argv, env, workdir, port)
     server.auth, server.env = auth, dict(settings)
-    with running(server, timeout) as ready:
+    with running(server, timeout, poll_s) as ready:
         yield ready

@@ -52,6 +52,41 @@ GOALS = (
         "sandbox_uss", "Idle warm sandbox USS (p50 over all sandboxes)", "MiB", "<=", 15.0,
         ("memory", "loaded", "sandbox_uss_mib", "p50"),
     ),
+    Goal(
+        "alarms_restart", "Alarms: restart to ready, {alarms} alarms (process start to /ping)",
+        "s", "<=", 5.0,
+        ("alarms", "restart", "ready_s"), ("alarms_apscheduler", "startup", "ready_s"),
+    ),
+    Goal(
+        "alarms_lag_p99", "Alarms: fire lag p99 at {rate} fires/s (record start - scheduled s)",
+        "ms", "<=", 20.0,
+        ("alarms", "lag", "p99_ms"), ("alarms_apscheduler", "lag", "p99_ms"),
+    ),
+    Goal(
+        "alarms_rate", "Alarms: fires delivered per second over the window", "fires/s", ">=",
+        1000.0,
+        ("alarms", "fires_per_s"), ("alarms_apscheduler", "fires_per_s"),
+    ),
+    Goal(
+        "alarms_lost", "Alarms: fires lost or doubled in the window", "fires", "<=", 0.0,
+        ("alarms", "window_fires", "lost_or_doubled"),
+        ("alarms_apscheduler", "window_fires", "lost_or_doubled"),
+    ),
+    Goal(
+        "alarms_rss", "Alarms: platform RSS with {alarms} alarms (end of window)", "MiB", "<=",
+        300.0,
+        ("alarms", "memory_end", "rss_mib"), ("alarms_apscheduler", "memory_end", "rss_mib"),
+    ),
+    Goal(
+        "alarms_inactive_lag_p99",
+        "Alarms, rules inactive: scheduler lag p99 (fire call - scheduled s)", "ms", "<=", 20.0,
+        ("alarms_inactive_rules", "lag", "p99_ms"), ("alarms_apscheduler", "lag", "p99_ms"),
+    ),
+    Goal(
+        "alarms_inactive_rate", "Alarms, rules inactive: fires delivered per second", "fires/s",
+        ">=", 1000.0,
+        ("alarms_inactive_rules", "fires_per_s"), ("alarms_apscheduler", "fires_per_s"),
+    ),
 )  # fmt: skip
 
 
@@ -73,13 +108,17 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per goal: the figure, its target, pass/miss, and the baseline with the ratio."""
     rows = []
     clients = dig(results, ("plan", "connections"))
+    firing = dig(results, ("plan", "alarm_firing")) or 0
+    alarms = firing + (dig(results, ("plan", "alarm_idle")) or 0)
     for goal in GOALS:
         value = dig(results, goal.path)
         base = dig(results, goal.baseline) if goal.baseline else None
         rows.append(
             {
                 "key": goal.key,
-                "label": goal.label.format(clients=clients),
+                "label": goal.label.format(
+                    clients=clients, alarms=f"{alarms:,}", rate=f"{firing / 60:,.0f}"
+                ),
                 "unit": goal.unit,
                 "op": goal.op,
                 "target": goal.target,
