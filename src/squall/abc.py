@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from squall.errors import ConflictError
+
 if TYPE_CHECKING:
     from squall.messages import ActivationMessage, QueueKey
 
@@ -39,6 +41,17 @@ class StoredEntity:
     name: str
     revision: int
     doc: JSONDict
+
+
+@dataclass(slots=True, frozen=True)
+class EntityWrite:
+    """One write of `EntityStore.put_many`: the arguments of one `put`."""
+
+    collection: str
+    namespace: str
+    name: str
+    doc: JSONDict
+    expected_revision: int | None
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,6 +94,25 @@ class EntityStore(abc.ABC):
         Raises ConflictError when the name is taken (in any collection) on create, or when the
         stored revision is not `expected_revision` on replace.
         """
+
+    async def put_many(self, writes: Sequence[EntityWrite]) -> list[StoredEntity | ConflictError]:
+        """Many `put`s at once, in one transaction where the backend has them.
+
+        A conflict fails only its own write (its slot holds the ConflictError); any other error
+        fails the whole call. The default calls `put` per write; backends override it because
+        state written on every alarm fire arrives a thousand times a second.
+        """
+        results: list[StoredEntity | ConflictError] = []
+        for w in writes:
+            try:
+                stored = await self.put(
+                    w.collection, w.namespace, w.name, w.doc, w.expected_revision
+                )
+            except ConflictError as exc:
+                results.append(exc)
+            else:
+                results.append(stored)
+        return results
 
     @abc.abstractmethod
     async def delete(

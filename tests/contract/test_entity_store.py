@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from squall.abc import EntityStore, SubjectRecord
+from squall.abc import EntityStore, EntityWrite, SubjectRecord
 from squall.errors import ConflictError, StoreError
 from squall.stores.sqlite import SqliteActivationStore, SqliteEntityStore
 
@@ -53,6 +53,30 @@ async def test_create_existing_conflicts(entity_store: EntityStore) -> None:
         await entity_store.put(ACTIONS, "guest", "a", doc("a", v=2), None)
     got = await entity_store.get(ACTIONS, "guest", "a")
     assert got is not None and got.doc == doc("a") and got.revision == 1
+
+
+async def test_put_many_fails_only_the_conflicting_writes(entity_store: EntityStore) -> None:
+    await create(entity_store, "guest", "kept")
+    await create(entity_store, "guest", "stale")
+    results = await entity_store.put_many(
+        [
+            EntityWrite(ACTIONS, "guest", "kept", doc("kept", v=2), 1),
+            EntityWrite(ACTIONS, "guest", "stale", doc("stale", v=2), 7),  # wrong revision
+            EntityWrite(ACTIONS, "guest", "new", doc("new"), None),
+            EntityWrite(TRIGGERS, "guest", "kept", doc("kept"), None),  # the name is taken
+        ]
+    )
+    assert [type(r).__name__ for r in results] == [
+        "StoredEntity", "ConflictError", "StoredEntity", "ConflictError"
+    ]
+    kept = await entity_store.get(ACTIONS, "guest", "kept")
+    stale = await entity_store.get(ACTIONS, "guest", "stale")
+    new = await entity_store.get(ACTIONS, "guest", "new")
+    assert kept is not None and (kept.revision, kept.doc) == (2, doc("kept", v=2))
+    assert stale is not None and (stale.revision, stale.doc) == (1, doc("stale"))
+    assert new is not None and new.revision == 1
+    assert await entity_store.get(TRIGGERS, "guest", "kept") is None
+    assert await entity_store.put_many([]) == []
 
 
 async def test_same_name_under_other_paths_is_fine(entity_store: EntityStore) -> None:

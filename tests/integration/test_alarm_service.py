@@ -65,6 +65,7 @@ class FireCall:
     activation_id: str
     at_monotonic: float
     payload: JSONDict
+    maybe_fired: bool
 
 
 @dataclass
@@ -84,9 +85,13 @@ class TriggerFireDouble:
     calls: list[FireCall] = field(default_factory=list)
     activations: dict[str, datetime] = field(default_factory=dict)
 
-    async def __call__(self, alarm: Alarm, tick: datetime, activation_id: str) -> FireResult:
+    async def __call__(
+        self, alarm: Alarm, tick: datetime, activation_id: str, *, maybe_fired: bool
+    ) -> FireResult:
         self.calls.append(
-            FireCall(alarm.id, tick, activation_id, time.monotonic(), dict(alarm.payload))
+            FireCall(
+                alarm.id, tick, activation_id, time.monotonic(), dict(alarm.payload), maybe_fired
+            )
         )
         if self.hang > 0:
             self.hang -= 1
@@ -706,7 +711,7 @@ async def test_store_outage_does_not_stop_the_timer_and_writes_catch_up(
         await asyncio.sleep(0.01)
     else:
         pytest.fail("the alarm's state was not written after the store came back")
-    assert service.stats().persist_failures >= 2
+    assert service.stats().persist_failures >= 1  # batches that failed
 
 
 async def test_a_write_that_landed_but_reported_failure_is_reconciled(

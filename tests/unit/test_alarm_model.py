@@ -326,13 +326,13 @@ def test_a_tick_within_the_grace_is_on_time() -> None:
 
 def test_skip_drops_every_missed_tick() -> None:
     assert plan_next(every_minute(misfire="skip"), at(1), at(10, 30), grace_s=1) == Plan(
-        at(11), dropped=10
+        at(11), dropped=10, capped=True  # more than COUNT_CAP: extrapolated, exactly here
     )
 
 
 def test_fire_once_fires_the_latest_missed_tick() -> None:
     assert plan_next(every_minute(), at(1), at(10, 30), grace_s=1) == Plan(
-        at(10), catchup=True, dropped=9
+        at(10), catchup=True, dropped=9, capped=True
     )
 
 
@@ -358,11 +358,22 @@ def test_a_missed_once_alarm() -> None:
     assert plan_next(skipped, at(5), at(9), grace_s=1) == Plan(None, dropped=1)
 
 
-def test_huge_backlogs_are_counted_with_a_cap() -> None:
+def test_huge_backlogs_are_extrapolated_not_walked() -> None:
     every_second = build("cron", cron="* * * * * *", misfire="skip")
     plan = plan_next(every_second, at(1), at(1) + timedelta(days=3), grace_s=1)
     assert plan.tick == at(1) + timedelta(days=3)  # due at `now`: within the 1 s grace
-    assert (plan.dropped, plan.capped) == (COUNT_CAP, True)
+    # Counted one by one up to COUNT_CAP, then from their spacing: exact for a regular schedule.
+    assert (plan.dropped, plan.capped) == (3 * 86_400, True)
+    few = plan_next(every_second, at(1), at(1) + timedelta(seconds=COUNT_CAP - 1), grace_s=0.5)
+    assert (few.dropped, few.capped) == (COUNT_CAP - 1, False)
+
+
+def test_an_irregular_backlog_is_estimated_closely() -> None:
+    weekdays = build("cron", cron="0 9,17 * * 1-5", misfire="skip").schedule()
+    lo, hi = at(0), at(0) + timedelta(days=120)
+    exact = weekdays.count_between(lo, hi, cap=10_000)
+    estimate, is_exact = weekdays.estimate_between(lo, hi, exact_up_to=COUNT_CAP)
+    assert not is_exact and abs(estimate - exact) <= 0.4 * exact
 
 
 def test_interval_misfires() -> None:

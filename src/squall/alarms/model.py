@@ -68,7 +68,8 @@ MAX_CATCHUP_WINDOW_S = 7 * 24 * 3600.0
 MAX_JITTER_S = 3600.0
 INTERVAL_DEFAULT_START = timedelta(seconds=30)  # OpenWhisk: startDate defaults to now + 30 s
 DOC_SCHEMA = 1
-COUNT_CAP = 10_000  # missed ticks counted one by one at most (the count is then a lower bound)
+# Missed ticks counted one by one at most; beyond, the count is extrapolated (`Plan.capped`).
+COUNT_CAP = 8
 SKIP_WALK_CAP = 100_000
 
 
@@ -551,8 +552,8 @@ class Plan:
 
     tick: datetime | None  # None: the alarm has no more ticks
     catchup: bool = False  # `tick` is a missed tick fired late
-    dropped: int = 0  # missed ticks the policy will never fire (a lower bound when capped)
-    capped: bool = False
+    dropped: int = 0  # missed ticks the policy will never fire
+    capped: bool = False  # `dropped` is extrapolated from the first COUNT_CAP ticks' spacing
 
 
 def plan_next(alarm: Alarm, candidate: datetime | None, now: datetime, *, grace_s: float) -> Plan:
@@ -574,8 +575,8 @@ def plan_next(alarm: Alarm, candidate: datetime | None, now: datetime, *, grace_
 
     def dropped_between(lo: datetime, hi: datetime | None) -> tuple[int, bool]:
         end = hi if hi is not None else late_line + ONE_MICROSECOND
-        count = schedule.count_between(lo, end, cap=COUNT_CAP)
-        return count, count >= COUNT_CAP
+        count, exact = schedule.estimate_between(lo, end, exact_up_to=COUNT_CAP)
+        return count, not exact
 
     if alarm.misfire == "fire_all":
         window_start = ensure_utc(now) - timedelta(seconds=alarm.catchup_window_s)

@@ -86,6 +86,8 @@ class AlarmValidationError(ValueError):
 
 def ensure_utc(t: datetime, what: str = "time") -> datetime:
     """`t` as an aware UTC datetime; naive datetimes are refused (they are a bug, not input)."""
+    if t.tzinfo is UTC:
+        return t
     if t.tzinfo is None or t.utcoffset() is None:
         raise TypeError(f"{what} must be a timezone-aware datetime, got naive {t!r}")
     return t.astimezone(UTC)
@@ -211,6 +213,25 @@ class Schedule(abc.ABC):
             cursor = self.next_after(cursor)
         return count
 
+    def estimate_between(self, lo: datetime, hi: datetime, *, exact_up_to: int) -> tuple[int, bool]:
+        """How many fires fall in [`lo`, `hi`): counted one by one up to `exact_up_to`, then
+        extrapolated from the mean gap of those (an hour's outage of a per-second alarm must
+        not cost 3,600 steps per alarm at start). Returns (count, exact)."""
+        count = 0
+        first = cursor = self.first_at_or_after(lo)
+        last = None
+        end = ensure_utc(hi)
+        while cursor is not None and cursor < end:
+            if count == exact_up_to and first is not None and last is not None:
+                gap = (last - first) / (count - 1) if count > 1 else cursor - last
+                if gap <= timedelta(0):
+                    return count, False
+                return count - ((cursor - end) // gap), False  # + ceil((end-cursor)/gap)
+            count += 1
+            last = cursor
+            cursor = self.next_after(cursor)
+        return count, True
+
     def first_at_or_after(self, t: datetime) -> datetime | None:
         """The first fire at `t` or later."""
         return self.next_after(ensure_utc(t) - ONE_MICROSECOND)
@@ -320,7 +341,13 @@ class Cron(Schedule):
     """
 
     __slots__ = (
+        "_day_set",
         "_dom_or_dow",
+        "_hour_set",
+        "_minute_set",
+        "_month_set",
+        "_second_set",
+        "_weekday_set",
         "days",
         "expression",
         "hours",
@@ -357,6 +384,9 @@ class Cron(Schedule):
         specs = (_SECOND, _MINUTE, _HOUR, _DOM, _MONTH, _DOW)
         parsed = [_parse_field(f, spec) for f, spec in zip(fields, specs, strict=True)]
         self.seconds, self.minutes, self.hours, self.days, self.months, self.weekdays = parsed
+        # Membership is tested on every step of a search: sets, not the sorted lists bisect uses.
+        self._second_set, self._minute_set, self._hour_set = (frozenset(f) for f in parsed[:3])
+        self._day_set, self._month_set, self._weekday_set = (frozenset(f) for f in parsed[3:])
         dom_star = fields[3][0] in "*?"
         dow_star = fields[5][0] in "*?"
         self._dom_or_dow = not dom_star and not dow_star
@@ -369,8 +399,8 @@ class Cron(Schedule):
     # -- the search in local wall time --------------------------------------------------------
 
     def _day_matches(self, day: date) -> bool:
-        dom = day.day in self.days
-        dow = day.isoweekday() % 7 in self.weekdays
+        dom = day.day in self._day_set
+        dow = day.isoweekday() % 7 in self._weekday_set
         return (dom or dow) if self._dom_or_dow else (dom and dow)
 
     def next_wall(self, wall: datetime) -> datetime | None:
@@ -378,7 +408,7 @@ class Cron(Schedule):
         t = wall.replace(microsecond=0) + ONE_SECOND
         last_year = wall.year + SEARCH_YEARS
         while t.year <= last_year:
-            if t.month not in self.months:
+            if t.month not in self._month_set:
                 i = bisect.bisect_left(self.months, t.month)
                 if i == len(self.months):
                     if t.year == 9999:
@@ -390,21 +420,21 @@ class Cron(Schedule):
             if not self._day_matches(t.date()):
                 t = datetime(t.year, t.month, t.day) + timedelta(days=1)
                 continue
-            if t.hour not in self.hours:
+            if t.hour not in self._hour_set:
                 i = bisect.bisect_left(self.hours, t.hour)
                 if i == len(self.hours):
                     t = datetime(t.year, t.month, t.day) + timedelta(days=1)
                 else:
                     t = t.replace(hour=self.hours[i], minute=0, second=0)
                 continue
-            if t.minute not in self.minutes:
+            if t.minute not in self._minute_set:
                 i = bisect.bisect_left(self.minutes, t.minute)
                 if i == len(self.minutes):
                     t = t.replace(minute=0, second=0) + timedelta(hours=1)
                 else:
                     t = t.replace(minute=self.minutes[i], second=0)
                 continue
-            if t.second not in self.seconds:
+            if t.second not in self._second_set:
                 i = bisect.bisect_left(self.seconds, t.second)
                 if i == len(self.seconds):
                     t = t.replace(second=0) + timedelta(minutes=1)

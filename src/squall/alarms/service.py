@@ -46,18 +46,20 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import gc
 import heapq
 import itertools
 import logging
 import math
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
-from squall.abc import EntityStore, JSONDict, StoredEntity
+from squall.abc import EntityStore, EntityWrite, JSONDict, StoredEntity
 from squall.alarms.model import (
     Alarm,
     AlarmKind,
@@ -146,9 +148,19 @@ class FireResult:
         return cls(FireOutcome.FAILED, message, status_code)
 
 
-# fire(alarm, tick, activation_id): fire the alarm's trigger with alarm.payload, idempotently on
-# activation_id. Exceptions count as FAILED.
-FireCallback = Callable[[Alarm, datetime, str], Awaitable[FireResult]]
+class FireCallback(Protocol):
+    """Fire the alarm's trigger with alarm.payload, idempotently on `activation_id`.
+
+    `maybe_fired` is False when this service knows the tick was never fired before (it armed
+    the tick itself and this is the first attempt): the callback may then skip its ledger
+    lookup. Exceptions count as FAILED.
+    """
+
+    def __call__(
+        self, alarm: Alarm, tick: datetime, activation_id: str, *, maybe_fired: bool
+    ) -> Awaitable[FireResult]: ...
+
+
 # on_delete_after_fire(alarm, "true" | "rules"): a once-alarm fired; delete its trigger (and,
 # for "rules", the trigger's rules). The service deletes the alarm itself afterwards.
 DeleteAfterFireCallback = Callable[[Alarm, DeleteAfterFire], Awaitable[None]]
@@ -179,8 +191,9 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class FireRecord:
-    """One fire, kept in a small in-memory ring per alarm."""
+    """One fire, kept in the service's in-memory ring of recent fires."""
 
+    alarm_id: str
     tick: datetime
     due: datetime
     fired_at: datetime
@@ -209,7 +222,7 @@ class AlarmStats:
     missed_ticks: int  # ticks found missed (catch-up fires plus dropped)
     catchup_fires: int
     dropped_ticks: int  # a lower bound when a huge backlog was counted with a cap
-    persist_failures: int
+    persist_failures: int  # state writes (batches of alarms) that failed
     internal_errors: int
     lag_samples: int  # on-time fires in the lag window (catch-up fires excluded)
     lag_p50_ms: float | None
@@ -217,29 +230,93 @@ class AlarmStats:
     lag_max_ms: float | None
 
 
-class _Persist(StrEnum):
-    OK = "ok"
-    DEFERRED = "deferred"  # the store failed; retried in the background; memory is ahead
-    SUPERSEDED = "superseded"  # the stored alarm changed elsewhere (adopted) or vanished
-
-
 class _Entry:
-    """An alarm as the service holds it."""
+    """An alarm as the service holds it: kept small, there may be a hundred thousand."""
 
-    __slots__ = ("alarm", "dirty", "generation", "lock", "recent", "revision", "token")
+    __slots__ = ("alarm", "generation", "revision", "token", "unsure")
 
-    def __init__(self, alarm: Alarm, revision: int, recent_size: int) -> None:
+    def __init__(self, alarm: Alarm, revision: int, *, unsure: bool) -> None:
         self.alarm = alarm
         self.revision = revision
-        self.lock = asyncio.Lock()
         self.token = 0  # identifies the one valid heap entry of this alarm
         self.generation = 0  # grows on every user change; a fire started before one defers
-        self.dirty = False  # memory is ahead of the store
-        self.recent: deque[FireRecord] = deque(maxlen=recent_size)
+        # The next tick may have been fired already (by a run that crashed before writing the
+        # alarm back, or by a previous owner): its fire must check the ledger.
+        self.unsure = unsure
+
+
+@dataclass(slots=True)
+class _RestoreSummary:
+    """What restoring alarms found, logged as a few lines, not one per alarm."""
+
+    overdue: list[str] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+
+    def log(self) -> None:
+        if self.overdue:
+            log.info(
+                "%d alarms missed ticks while no scheduler ran; their misfire policies decide "
+                "which fire now, e.g. %s",
+                len(self.overdue),
+                _examples(self.overdue),
+            )
+        if self.ended:
+            log.warning(
+                "%d alarms have no ticks left and end now, e.g. %s",
+                len(self.ended),
+                _examples(self.ended),
+            )
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Load a hundred thousand alarms without the cyclic garbage collector running over them
+    again and again (it doubled the start time), then freeze what was loaded: long-lived
+    objects leave the collected generations, so later full collections stay short and do not
+    show up as fire lag. Objects freed later are still freed (by reference counting)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.freeze()
+
+
+def _examples(ids: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(ids[:n])
+    return shown if len(ids) <= n else f"{shown} (+{len(ids) - n} more)"
+
+
+class _KeyedLocks:
+    """One asyncio.Lock per alarm, created on demand and dropped when free.
+
+    Only user changes (update, pause, resume, delete) take one; a fire's bookkeeping runs
+    without awaiting, so it needs the lock only while a user change holds it.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    def held(self, key: str) -> bool:
+        return key in self._locks
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
 
 
 # heap item: (due, sequence, alarm id, token, tick, catch-up)
-_HeapItem = tuple[datetime, int, str, int, datetime, bool]
+_HeapItem = tuple[datetime, int, str, int, datetime, bool | None]
 
 
 def _utc_now() -> datetime:
@@ -260,10 +337,12 @@ class AlarmService:
         retry: RetryPolicy | None = None,
         misfire_grace_s: float = 1.0,
         max_cron_fields: int = 6,
-        recent_fires: int = 20,
+        recent_fires: int = LAG_SAMPLES,
         max_sleep_s: float = 60.0,
         close_grace_s: float = 2.0,
         fire_timeout_s: float = 30.0,
+        write_delay_s: float = 0.02,
+        write_batch: int = 2000,
     ) -> None:
         if max_concurrent_fires < 1:
             raise ValueError("max_concurrent_fires must be at least 1")
@@ -274,22 +353,34 @@ class AlarmService:
         self._retry = retry or RetryPolicy()
         self._grace_s = misfire_grace_s
         self._max_cron_fields = max_cron_fields
-        self._recent_size = recent_fires
         self._max_sleep_s = max_sleep_s
         self._close_grace_s = close_grace_s
         self._fire_timeout_s = fire_timeout_s
+        self._max_fires = max_concurrent_fires
         self._semaphore = asyncio.Semaphore(max_concurrent_fires)
+        self._first_attempts = 0  # launched fires still in their first attempt
+        self._write_delay_s = write_delay_s
+        self._write_batch = write_batch
         self._entries: dict[str, _Entry] = {}
+        self._locks = _KeyedLocks()
+        # Alarms whose state in memory is ahead of the store, written in batches by one task.
+        self._dirty: dict[str, _Entry] = {}
+        self._dirty_event = asyncio.Event()
+        self._write_lock = asyncio.Lock()  # one alarm write in flight: revisions stay exact
+        self._write_failing = False
         self._heap: list[_HeapItem] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._create_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        # The last fires of all alarms (a ring, not one per alarm: memory stays flat with the
+        # number of alarms); every fire's full record is its trigger activation.
+        self._recent: deque[FireRecord] = deque(maxlen=recent_fires)
         self._counts: dict[str, int] = dict.fromkeys(
             (
                 "fires",
@@ -316,9 +407,27 @@ class AlarmService:
         """
         if self._started:
             raise RuntimeError("the alarm service is already started")
-        stored = await self._load_all()
-        self._started = True
+        with _collector_paused():
+            began = time.perf_counter()
+            stored = await self._load_all()
+            loaded = time.perf_counter()
+            self._started = True
+            summary = self._restore_all(stored)
+        self._timer = asyncio.create_task(self._run_timer(), name="squall-alarm-timer")
+        self._writer = asyncio.create_task(self._write_loop(), name="squall-alarm-writer")
+        summary.log()
+        log.info(
+            "alarm service started with %d alarms (%d scheduled; read in %.2f s, "
+            "scheduled in %.2f s)",
+            len(self._entries),
+            len(self._heap),
+            loaded - began,
+            time.perf_counter() - loaded,
+        )
+
+    def _restore_all(self, stored: builtins.list[StoredEntity]) -> _RestoreSummary:
         now = self.now()
+        summary = _RestoreSummary()
         for entity in stored:
             try:
                 alarm = Alarm.from_doc(entity.doc)
@@ -328,20 +437,15 @@ class AlarmService:
                 )
                 self._counts["internal_errors"] += 1
                 continue
-            entry = _Entry(alarm, entity.revision, self._recent_size)
+            entry = _Entry(alarm, entity.revision, unsure=True)
             self._entries[alarm.id] = entry
             try:
-                async with entry.lock:
-                    await self._restore(entry, now)
+                self._restore(entry, now, summary, bulk=True)
             except Exception:  # one bad alarm must not keep the others from starting
                 self._counts["internal_errors"] += 1
                 log.exception("alarm %s could not be scheduled", alarm.id)
-        self._timer = asyncio.create_task(self._run_timer(), name="squall-alarm-timer")
-        log.info(
-            "alarm service started with %d alarms (%d scheduled)",
-            len(self._entries),
-            self._scheduled_count(),
-        )
+        heapq.heapify(self._heap)  # once, instead of a push per alarm
+        return summary
 
     async def close(self) -> None:
         """Stop timing; let fires in flight finish (up to close_grace_s), write what is pending.
@@ -362,15 +466,14 @@ class AlarmService:
             for task in still:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        for entry in list(self._entries.values()):
-            if entry.dirty:
-                async with entry.lock:
-                    await self._persist(entry)
-        unsaved = sum(1 for e in self._entries.values() if e.dirty)
+        if self._writer is not None:
+            self._dirty_event.set()  # the writer sees `_closing`, writes once more and ends
+            try:
+                await asyncio.wait_for(self._writer, timeout=self._close_grace_s + 5.0)
+            except TimeoutError:
+                log.warning("alarm service: the last state write did not finish in time")
+        gc.unfreeze()  # what start() froze may be garbage now (tests start many services)
+        unsaved = len(self._dirty)
         if unsaved:
             log.warning(
                 "alarm service closed with %d alarms not written; their last ticks "
@@ -393,7 +496,8 @@ class AlarmService:
         while True:
             pending = [t for t in self._tasks if not t.done()]
             due = self._peek()
-            if not pending and (due is None or due[0] > self.now()):
+            writing = (bool(self._dirty) or self._write_lock.locked()) and not self._write_failing
+            if not pending and not writing and (due is None or due[0] > self.now()):
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -436,7 +540,7 @@ class AlarmService:
                 fresh.to_doc(),
                 None,
             )
-            entry = _Entry(fresh, stored.revision, self._recent_size)
+            entry = _Entry(fresh, stored.revision, unsure=False)
             self._entries[fresh.id] = entry
             self._arm(entry, tick, catchup=False)
         log.info("alarm %s created (%s), first tick %s", fresh.id, _describe(fresh), tick)
@@ -458,7 +562,7 @@ class AlarmService:
         NotFoundError, AlarmValidationError; store errors propagate and change nothing.
         """
         entry = self._entry(namespace, trigger)
-        async with entry.lock:
+        async with self._locks.hold(entry.alarm.id):
             self._check_current(entry)
             now = self.now()
             new = entry.alarm.updated(params, now=now, max_cron_fields=self._max_cron_fields)
@@ -478,7 +582,7 @@ class AlarmService:
         entry = self._entries.get(alarm_id)
         if entry is None:
             return await self._store.delete(ALARMS_COLLECTION, store_path(namespace), trigger)
-        async with entry.lock:
+        async with self._locks.hold(alarm_id), self._write_lock:
             if self._entries.get(alarm_id) is not entry:
                 return False
             await self._store.delete(ALARMS_COLLECTION, store_path(namespace), trigger)
@@ -489,7 +593,7 @@ class AlarmService:
     async def pause(self, namespace: str, trigger: str) -> Alarm:
         """Hold an alarm: nothing fires until `resume`; ticks meanwhile are not made up."""
         entry = self._entry(namespace, trigger)
-        async with entry.lock:
+        async with self._locks.hold(entry.alarm.id):
             self._check_current(entry)
             alarm = entry.alarm
             if alarm.status.paused:
@@ -508,7 +612,7 @@ class AlarmService:
     async def resume(self, namespace: str, trigger: str) -> Alarm:
         """Undo `pause`: the next tick after now fires (paused-over ticks are not made up)."""
         entry = self._entry(namespace, trigger)
-        async with entry.lock:
+        async with self._locks.hold(entry.alarm.id):
             self._check_current(entry)
             alarm = entry.alarm
             if not alarm.status.paused:
@@ -540,9 +644,10 @@ class AlarmService:
         return out
 
     def recent_fires(self, namespace: str, trigger: str) -> builtins.list[FireRecord]:
-        """The alarm's last few fires, oldest first (empty after a restart)."""
-        entry = self._entries.get(f"{namespace}/{trigger}")
-        return list(entry.recent) if entry else []
+        """The alarm's fires among the service's last `recent_fires`, oldest first (empty
+        after a restart). Every fire's full record is its trigger activation."""
+        alarm_id = f"{namespace}/{trigger}"
+        return [r for r in self._recent if r.alarm_id == alarm_id]
 
     def read_view(self, alarm: Alarm, *, next_count: int = 5) -> JSONDict:
         """OpenWhisk's feed READ body, plus Squall's extras (next, last_fire, misfire_policy,
@@ -628,46 +733,58 @@ class AlarmService:
                 return list(found.values())
             skip += len(page)
 
-    async def _restore(self, entry: _Entry, now: datetime) -> None:
-        """At start: apply the misfire policy to the persisted next tick and arm the alarm."""
+    def _restore(
+        self, entry: _Entry, now: datetime, summary: _RestoreSummary, *, bulk: bool
+    ) -> None:
+        """At start (`bulk`: the caller heapifies once) or on adopting another writer's
+        version: arm the alarm's persisted next tick as it is. The misfire policy is applied
+        when that tick comes up (`_replan`), so a start does no schedule arithmetic for the
+        alarms that missed nothing, and spreads it out for those that did."""
         alarm = entry.alarm
         if not alarm.status.active or alarm.status.paused:
             return
-        candidate = alarm.next_tick if alarm.next_tick is not None else alarm.next_tick_after(now)
-        plan = plan_next(alarm, candidate, now, grace_s=self._grace_s)
+        tick = alarm.next_tick if alarm.next_tick is not None else alarm.next_tick_after(now)
+        if tick is None:
+            entry.alarm = self._ended(replace(alarm, next_tick=None), Plan(None), now)
+            summary.ended.append(alarm.id)
+            self._mark_dirty(entry)
+            return
+        if alarm.due_at(tick) < now - timedelta(seconds=self._grace_s):
+            summary.overdue.append(alarm.id)
+        self._arm(entry, tick, catchup=None, heap_push=not bulk)
+
+    def _replan(self, entry: _Entry, tick: datetime, now: datetime) -> None:
+        """A restored alarm's tick came up late: apply its misfire policy, then re-arm it (the
+        tick to fire is due, so the timer takes it at once) or end it."""
+        alarm = entry.alarm
+        plan = plan_next(alarm, tick, now, grace_s=self._grace_s)
         self._count_plan(alarm, plan)
         if plan.tick is None:
             entry.alarm = self._ended(replace(alarm, next_tick=None), plan, now)
-            await self._persist(entry)
-            log.warning(
-                "alarm %s ended while no scheduler ran: %s",
-                alarm.id,
-                entry.alarm.status.reason.message if entry.alarm.status.reason else "",
-            )
+            self._mark_dirty(entry)
+            reason = entry.alarm.status.reason
+            log.info("alarm %s ended: %s", alarm.id, reason.message if reason else "")
             return
         if plan.tick != alarm.next_tick:
             entry.alarm = replace(alarm, next_tick=plan.tick)
-            await self._persist(entry)
+            self._mark_dirty(entry)
         self._arm(entry, plan.tick, catchup=plan.catchup)
 
     def _count_plan(self, alarm: Alarm, plan: Plan) -> None:
+        """Count missed ticks (per-alarm lines at debug level: after an outage there may be
+        one for every alarm; the counters and the start summary tell the story)."""
         if plan.dropped:
             self._counts["dropped_ticks"] += plan.dropped
             self._counts["missed_ticks"] += plan.dropped
-            log.warning(
+            log.debug(
                 "alarm %s: %s%d missed ticks dropped (misfire policy %s)",
                 alarm.id,
-                "at least " if plan.capped else "",
+                "about " if plan.capped else "",
                 plan.dropped,
                 alarm.misfire,
             )
         if plan.catchup:
-            log.info(
-                "alarm %s: missed tick %s fires late (misfire policy %s)",
-                alarm.id,
-                plan.tick,
-                alarm.misfire,
-            )
+            log.debug("alarm %s: missed tick %s fires late", alarm.id, plan.tick)
 
     def _ended(
         self, alarm: Alarm, plan: Plan, now: datetime, *, failure: str | None = None
@@ -692,12 +809,18 @@ class AlarmService:
 
     # -- timing -------------------------------------------------------------------------------
 
-    def _arm(self, entry: _Entry, tick: datetime, *, catchup: bool) -> None:
+    def _arm(
+        self, entry: _Entry, tick: datetime, *, catchup: bool | None, heap_push: bool = True
+    ) -> None:
+        """Schedule the alarm's tick. `catchup` None: a restored tick, not planned yet (see
+        `_replan`). `heap_push=False` only appends (start() heapifies once)."""
         entry.token += 1
         due = entry.alarm.due_at(tick)
-        heapq.heappush(
-            self._heap, (due, next(self._seq), entry.alarm.id, entry.token, tick, catchup)
-        )
+        item = (due, next(self._seq), entry.alarm.id, entry.token, tick, catchup)
+        if not heap_push:
+            self._heap.append(item)
+            return
+        heapq.heappush(self._heap, item)
         if len(self._heap) > 64 and len(self._heap) > 4 * len(self._entries):
             self._heap = [item for item in self._heap if self._valid(item)]
             heapq.heapify(self._heap)
@@ -729,20 +852,29 @@ class AlarmService:
                     await self._wake.wait()
 
     def _launch_due(self) -> float:
-        """Start a fire for every due tick; the seconds until the next one (capped)."""
+        """Start a fire for due ticks, at most `max_concurrent_fires` in their first attempt
+        at once (the rest wait in the heap, not as tasks: thousands of tasks queued on one
+        semaphore make every release slow); the seconds until the timer should look again."""
         now = self.now()
+        late_line = now - timedelta(seconds=self._grace_s)
         item = self._peek()
         while item is not None and item[0] <= now:
+            if self._first_attempts >= self._max_fires:
+                return self._max_sleep_s  # a fire ending its first attempt wakes the timer
             heapq.heappop(self._heap)
             entry = self._entries[item[2]]
             entry.token += 1  # this tick is taken; nothing else may fire it
-            self._launch(entry, tick=item[4], due=item[0], catchup=item[5])
+            if item[5] is None and item[0] < late_line:
+                self._replan(entry, item[4], now)
+            else:
+                self._launch(entry, tick=item[4], due=item[0], catchup=bool(item[5]))
             item = self._peek()
         if item is None:
             return self._max_sleep_s
         return max(0.0, min(self._max_sleep_s, (item[0] - now).total_seconds()))
 
     def _launch(self, entry: _Entry, *, tick: datetime, due: datetime, catchup: bool) -> None:
+        self._first_attempts += 1
         task = asyncio.create_task(
             self._fire_tick(entry, tick, due, catchup, entry.generation),
             name=f"squall-alarm-fire {entry.alarm.id} {tick.isoformat()}",
@@ -757,15 +889,17 @@ class AlarmService:
     ) -> None:
         alarm = entry.alarm
         activation_id = activation_id_for(alarm.id, tick)
-        result, fired_at, attempts = await self._deliver(alarm, tick, activation_id)
+        maybe_fired = entry.unsure or catchup
+        entry.unsure = False
+        result, fired_at, attempts = await self._deliver(alarm, tick, activation_id, maybe_fired)
         # Let the other ticks due at this instant make their fire calls before this one does
-        # its bookkeeping (planning, the store write): it keeps their lag down.
+        # its bookkeeping: it keeps their lag down.
         await asyncio.sleep(0)
         lag_ms = (fired_at - due).total_seconds() * 1000.0
         record = FireRecord(
-            tick, due, fired_at, lag_ms, activation_id, result.outcome, attempts, catchup
+            alarm.id, tick, due, fired_at, lag_ms, activation_id, result.outcome, attempts, catchup
         )
-        entry.recent.append(record)
+        self._recent.append(record)
         self._count_fire(record, result)
         log.debug(
             "alarm %s tick %s fired: %s (lag %.1f ms, %d attempts, id %s)",
@@ -778,10 +912,11 @@ class AlarmService:
         )
         delete_mode: DeleteAfterFire | None = None
         try:
-            async with entry.lock:
-                if self._entries.get(alarm.id) is not entry:
-                    return  # deleted while firing
-                delete_mode = await self._after_fire(entry, record, result, generation)
+            if self._locks.held(alarm.id):  # a user change is half done: let it finish first
+                async with self._locks.hold(alarm.id):
+                    delete_mode = self._after_fire_of_current(entry, record, result, generation)
+            else:
+                delete_mode = self._after_fire_of_current(entry, record, result, generation)
         except Exception:
             self._counts["internal_errors"] += 1
             log.exception("alarm %s: recording the fire of tick %s failed", alarm.id, tick)
@@ -803,55 +938,82 @@ class AlarmService:
             log.exception("alarm %s could not be re-armed; it stays idle", entry.alarm.id)
 
     async def _deliver(
-        self, alarm: Alarm, tick: datetime, activation_id: str
+        self, alarm: Alarm, tick: datetime, activation_id: str, maybe_fired: bool
     ) -> tuple[FireResult, datetime, int]:
-        """Fire with retries (same activation id every time); the first attempt's time."""
-        failures = throttles = attempts = 0
-        first_at: datetime | None = None
-        while True:  # bounded by the retry policy's attempt counts
-            async with self._semaphore:
-                at = self.now()
+        """Fire with retries (same activation id every time); the first attempt's time.
+
+        The launch slot (`_first_attempts`) is given back when the first attempt ends: retries
+        wait on the semaphore, so a throttled namespace does not hold up other alarms' ticks.
+        """
+        slot_held = True
+        try:
+            failures = throttles = attempts = 0
+            first_at: datetime | None = None
+            while True:  # bounded by the retry policy's attempt counts
+                result, at = await self._attempt(alarm, tick, activation_id, maybe_fired)
                 first_at = first_at or at
                 attempts += 1
-                try:
-                    async with asyncio.timeout(self._fire_timeout_s):
-                        result = await self._fire(alarm, tick, activation_id)
-                except TimeoutError:
-                    log.warning(
-                        "alarm %s: fire callback did not return in %.1f s",
-                        alarm.id,
-                        self._fire_timeout_s,
-                    )
-                    result = FireResult.failed(f"no answer in {self._fire_timeout_s} s")
-                except Exception as exc:
-                    log.warning(
-                        "alarm %s: fire callback raised %s: %s", alarm.id, type(exc).__name__, exc
-                    )
-                    result = FireResult.failed(f"{type(exc).__name__}: {exc}")
-            if result.outcome is FireOutcome.THROTTLED:
-                self._counts["throttled"] += 1
-                throttles += 1
-                if throttles >= self._retry.throttled_attempts:
+                maybe_fired = True  # a failed attempt may still have fired
+                if slot_held:
+                    slot_held = False
+                    self._end_first_attempt()
+                if result.outcome is FireOutcome.THROTTLED:
+                    self._counts["throttled"] += 1
+                    throttles += 1
+                    if throttles >= self._retry.throttled_attempts:
+                        return result, first_at, attempts
+                    delay = self._retry.throttled_delay(throttles, result.retry_after_s)
+                elif result.outcome is FireOutcome.FAILED:
+                    failures += 1
+                    if failures >= self._retry.failed_attempts:
+                        return result, first_at, attempts
+                    delay = self._retry.failed_delay(failures)
+                else:
                     return result, first_at, attempts
-                delay = self._retry.throttled_delay(throttles, result.retry_after_s)
-            elif result.outcome is FireOutcome.FAILED:
-                failures += 1
-                if failures >= self._retry.failed_attempts:
-                    return result, first_at, attempts
-                delay = self._retry.failed_delay(failures)
-            else:
-                return result, first_at, attempts
-            self._counts["retries"] += 1
-            log.info(
-                "alarm %s tick %s: %s (%s); retry %d in %.1f s",
-                alarm.id,
-                tick.isoformat(),
-                result.outcome.value,
-                result.message,
-                attempts,
-                delay,
-            )
-            await asyncio.sleep(delay)
+                self._counts["retries"] += 1
+                log.info(
+                    "alarm %s tick %s: %s (%s); retry %d in %.1f s",
+                    alarm.id,
+                    tick.isoformat(),
+                    result.outcome.value,
+                    result.message,
+                    attempts,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        finally:
+            if slot_held:
+                self._end_first_attempt()
+
+    async def _attempt(
+        self, alarm: Alarm, tick: datetime, activation_id: str, maybe_fired: bool
+    ) -> tuple[FireResult, datetime]:
+        """One call of the fire callback; errors and timeouts become FAILED results."""
+        async with self._semaphore:
+            at = self.now()
+            try:
+                async with asyncio.timeout(self._fire_timeout_s):
+                    result = await self._fire(
+                        alarm, tick, activation_id, maybe_fired=maybe_fired
+                    )
+            except TimeoutError:
+                log.warning(
+                    "alarm %s: fire callback did not return in %.1f s",
+                    alarm.id,
+                    self._fire_timeout_s,
+                )
+                result = FireResult.failed(f"no answer in {self._fire_timeout_s} s")
+            except Exception as exc:
+                log.warning(
+                    "alarm %s: fire callback raised %s: %s", alarm.id, type(exc).__name__, exc
+                )
+                result = FireResult.failed(f"{type(exc).__name__}: {exc}")
+        return result, at
+
+    def _end_first_attempt(self) -> None:
+        self._first_attempts -= 1
+        if self._heap:  # ticks may be waiting for a free launch slot
+            self._wake.set()
 
     def _count_fire(self, record: FireRecord, result: FireResult) -> None:
         self._counts["fires"] += 1
@@ -867,10 +1029,20 @@ class AlarmService:
         else:
             self._lags.append(record.lag_ms)
 
-    async def _after_fire(
+    def _after_fire_of_current(
         self, entry: _Entry, record: FireRecord, result: FireResult, generation: int
     ) -> DeleteAfterFire | None:
-        """Under the alarm's lock: record the fire, pick the next tick, persist, re-arm."""
+        if self._entries.get(entry.alarm.id) is not entry:
+            return None  # deleted while firing
+        return self._after_fire(entry, record, result, generation)
+
+    def _after_fire(
+        self, entry: _Entry, record: FireRecord, result: FireResult, generation: int
+    ) -> DeleteAfterFire | None:
+        """Record the fire, pick the next tick, re-arm; the state is written in the next batch.
+
+        Never awaits, so no other change of the alarm can interleave.
+        """
         now = self.now()
         current = entry.alarm
         last = LastFire(
@@ -890,13 +1062,13 @@ class AlarmService:
             )
             self._bump(entry)
             log.warning("alarm %s disabled: %s (%s)", current.id, reason.message, result.message)
-            await self._persist(entry)
+            self._mark_dirty(entry)
             return None
         if generation != entry.generation:
             # The alarm was updated, paused or resumed while this tick fired: the new
             # configuration has its own next tick already; only record the fire.
             entry.alarm = replace(current, last_fire=last)
-            await self._persist(entry)
+            self._mark_dirty(entry)
             return None
         fired = replace(
             current,
@@ -930,8 +1102,8 @@ class AlarmService:
                 delete_mode = fired.delete_after_fire
         else:
             entry.alarm = replace(fired, next_tick=plan.tick)
-        outcome = await self._persist(entry)
-        if plan.tick is not None and outcome is not _Persist.SUPERSEDED:
+        self._mark_dirty(entry)
+        if plan.tick is not None:
             self._arm(entry, plan.tick, catchup=plan.catchup)
         return delete_mode
 
@@ -955,48 +1127,90 @@ class AlarmService:
 
     # -- persistence --------------------------------------------------------------------------
 
-    async def _persist(self, entry: _Entry) -> _Persist:
-        """Write the alarm's state after a fire or restore (caller holds the lock).
+    def _mark_dirty(self, entry: _Entry) -> None:
+        """The alarm's state changed after a fire or restore: write it in the next batch."""
+        self._dirty[entry.alarm.id] = entry
+        self._dirty_event.set()
 
-        Store failures never stop the timer: the state stays in memory (dirty) and a background
-        task retries with backoff.
+    async def _write_loop(self) -> None:
+        """Write changed alarms in batches (one transaction each), a few ms after they change.
+
+        Store failures never stop the timer: alarms keep firing from memory and the writes are
+        retried with backoff. A crash before a write only means the unwritten ticks are fired
+        again at the next start, with their same activation ids (dropped by the ledger).
         """
-        alarm = entry.alarm
-        for _ in range(2):  # a second try only after taking the stored revision
-            try:
-                stored = await self._store.put(
+        delay = self._retry.base_delay_s
+        while True:  # ends when closing and nothing is left (or the store keeps failing)
+            await self._dirty_event.wait()
+            if not self._closing:
+                await asyncio.sleep(self._write_delay_s)  # let a batch gather
+            self._dirty_event.clear()
+            written = await self._write_dirty()
+            if self._closing and (not written or not self._dirty):
+                return
+            if written:
+                delay = self._retry.base_delay_s
+                if self._dirty:
+                    self._dirty_event.set()
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._retry.max_delay_s)
+            self._dirty_event.set()
+
+    async def _write_dirty(self) -> bool:
+        """Write one batch of changed alarms; False when the store failed."""
+        async with self._write_lock:
+            batch: list[tuple[_Entry, Alarm]] = []
+            while self._dirty and len(batch) < self._write_batch:
+                # popitem: O(1); popping the first key repeatedly is quadratic in a dict
+                alarm_id, entry = self._dirty.popitem()
+                if self._entries.get(alarm_id) is entry:
+                    batch.append((entry, entry.alarm))
+            if not batch:
+                return True
+            writes = [
+                EntityWrite(
                     ALARMS_COLLECTION,
                     store_path(alarm.namespace),
                     alarm.trigger,
                     alarm.to_doc(),
                     entry.revision,
                 )
-            except ConflictError:
-                outcome = await self._reconcile(entry)
-                if outcome is not None:
-                    return outcome
-                continue
+                for entry, alarm in batch
+            ]
+            try:
+                results = await self._store.put_many(writes)
             except Exception as exc:
-                self._counts["persist_failures"] += 1
-                entry.dirty = True
-                log.warning(
-                    "alarm %s: writing its state failed (%s: %s); firing goes on from "
-                    "memory and the write is retried",
-                    alarm.id,
-                    type(exc).__name__,
-                    exc,
-                )
-                self._ensure_flusher()
-                return _Persist.DEFERRED
-            entry.revision = stored.revision
-            entry.dirty = False
-            return _Persist.OK
-        entry.dirty = True
-        self._ensure_flusher()
-        return _Persist.DEFERRED
+                self._write_failed(batch, exc)
+                return False
+            self._write_failing = False
+            conflicts = []
+            for (entry, _), result in zip(batch, results, strict=True):
+                if isinstance(result, ConflictError):
+                    conflicts.append(entry)
+                else:
+                    entry.revision = result.revision
+            for entry in conflicts:
+                await self._reconcile(entry)
+            return True
 
-    async def _reconcile(self, entry: _Entry) -> _Persist | None:
-        """After a revision conflict: None to retry with the stored revision, or an outcome."""
+    def _write_failed(self, batch: Sequence[tuple[_Entry, Alarm]], exc: Exception) -> None:
+        self._counts["persist_failures"] += 1
+        self._write_failing = True
+        for entry, _ in batch:  # newer changes made meanwhile stay queued as they are
+            self._dirty.setdefault(entry.alarm.id, entry)
+        log.warning(
+            "writing the state of %d alarms failed (%s: %s); firing goes on from memory and "
+            "the write is retried",
+            len(batch),
+            type(exc).__name__,
+            exc,
+        )
+
+    async def _reconcile(self, entry: _Entry) -> None:
+        """After a revision conflict (someone else wrote the alarm): write again on top of the
+        stored revision when it is our own configuration, else adopt theirs. Holds the write
+        lock."""
         alarm = entry.alarm
         try:
             stored = await self._store.get(
@@ -1004,20 +1218,20 @@ class AlarmService:
             )
         except Exception as exc:
             self._counts["persist_failures"] += 1
-            entry.dirty = True
             log.warning("alarm %s: reading it back failed (%s)", alarm.id, exc)
-            self._ensure_flusher()
-            return _Persist.DEFERRED
+            self._mark_dirty(entry)
+            return
         if stored is None:
             log.warning(
                 "alarm %s was deleted from the store by someone else; forgetting it", alarm.id
             )
             self._forget(entry)
-            return _Persist.SUPERSEDED
+            return
         theirs = Alarm.from_doc(stored.doc)
         entry.revision = stored.revision
         if theirs.config_version == alarm.config_version:
-            return None  # our own earlier write landed after all: write again on top of it
+            self._mark_dirty(entry)  # our own earlier write landed after all: write again
+            return
         log.warning(
             "alarm %s was changed in the store by someone else; adopting that version", alarm.id
         )
@@ -1026,46 +1240,30 @@ class AlarmService:
         ):
             theirs = replace(theirs, last_fire=alarm.last_fire)
         entry.alarm = theirs
-        entry.dirty = False
+        entry.unsure = True  # the other writer may have fired its next tick
         self._bump(entry)
-        await self._restore(entry, self.now())
-        return _Persist.SUPERSEDED
+        summary = _RestoreSummary()
+        self._restore(entry, self.now(), summary, bulk=False)
+        summary.log()
 
     async def _write(self, entry: _Entry, alarm: Alarm) -> None:
         """A user change: written before it takes effect; store errors propagate."""
         path = store_path(alarm.namespace)
-        try:
-            stored = await self._store.put(
-                ALARMS_COLLECTION, path, alarm.trigger, alarm.to_doc(), entry.revision
-            )
-        except ConflictError:
-            current = await self._store.get(ALARMS_COLLECTION, path, alarm.trigger)
-            if current is None:
-                raise NotFoundError(f"trigger {alarm.id} has no alarm") from None
-            stored = await self._store.put(
-                ALARMS_COLLECTION, path, alarm.trigger, alarm.to_doc(), current.revision
-            )
-        entry.alarm = alarm
-        entry.revision = stored.revision
-        entry.dirty = False
-
-    def _ensure_flusher(self) -> None:
-        if self._closing or (self._flusher is not None and not self._flusher.done()):
-            return
-        self._flusher = asyncio.create_task(self._flush_loop(), name="squall-alarm-flush")
-
-    async def _flush_loop(self) -> None:
-        delay = self._retry.base_delay_s
-        while not self._closing:
-            await asyncio.sleep(delay)
-            dirty = [e for e in self._entries.values() if e.dirty]
-            if not dirty:
-                return
-            for entry in dirty:
-                async with entry.lock:
-                    if entry.dirty and self._entries.get(entry.alarm.id) is entry:
-                        await self._persist(entry)
-            delay = min(delay * 2, self._retry.max_delay_s)
+        async with self._write_lock:  # no batch holds an older revision of this alarm now
+            try:
+                stored = await self._store.put(
+                    ALARMS_COLLECTION, path, alarm.trigger, alarm.to_doc(), entry.revision
+                )
+            except ConflictError:
+                current = await self._store.get(ALARMS_COLLECTION, path, alarm.trigger)
+                if current is None:
+                    raise NotFoundError(f"trigger {alarm.id} has no alarm") from None
+                stored = await self._store.put(
+                    ALARMS_COLLECTION, path, alarm.trigger, alarm.to_doc(), current.revision
+                )
+            entry.alarm = alarm
+            entry.revision = stored.revision
+            self._dirty.pop(alarm.id, None)  # the user's version includes the queued state
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -1091,7 +1289,10 @@ class AlarmService:
 
     def _forget(self, entry: _Entry) -> None:
         self._bump(entry)
-        self._entries.pop(entry.alarm.id, None)
+        if self._entries.get(entry.alarm.id) is entry:
+            del self._entries[entry.alarm.id]
+        if self._dirty.get(entry.alarm.id) is entry:
+            del self._dirty[entry.alarm.id]
 
 
 def _describe(alarm: Alarm) -> str:

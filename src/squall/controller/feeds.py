@@ -160,7 +160,9 @@ class AlarmFeeds:
 
     # -- from alarm ticks to trigger fires -------------------------------------------------
 
-    async def fire(self, alarm: Alarm, tick: datetime, activation_id: str) -> FireResult:
+    async def fire(
+        self, alarm: Alarm, tick: datetime, activation_id: str, *, maybe_fired: bool
+    ) -> FireResult:
         """The AlarmService's fire callback: an idempotent trigger fire as the namespace."""
         identity = await self._identity(alarm.namespace)
         if identity is None:
@@ -168,7 +170,11 @@ class AlarmFeeds:
         path = EntityPath(alarm.namespace, None, alarm.trigger)
         try:
             fired = await self._controller.fire_trigger(
-                identity, path, dict(alarm.payload), activation_id=activation_id
+                identity,
+                path,
+                dict(alarm.payload),
+                activation_id=activation_id,
+                check_ledger=maybe_fired,
             )
         except ApiError as exc:
             return _classify(exc)

@@ -207,6 +207,7 @@ class ControllerService:
         payload: dict[str, Any],
         *,
         activation_id: str | None = None,
+        check_ledger: bool = True,
         transaction_id: str = "",
     ) -> str | None:
         """Fire a trigger: invoke the action of every active rule, record one trigger activation.
@@ -220,7 +221,8 @@ class ControllerService:
         trigger activation with that id exists already, or is being fired right now, nothing
         happens and the id is returned; otherwise the record (the fire ledger entry) is durable
         before any rule's action is sent, so a crash can lose a tick's action runs but never
-        repeat them.
+        repeat them. `check_ledger=False` skips looking for an existing record: for a caller
+        that knows the id was never fired (an alarm tick it armed itself, first attempt).
         """
         if isinstance(path, str):
             try:
@@ -239,7 +241,7 @@ class ControllerService:
             return activation_id
         self._firing.add(activation_id)
         try:
-            if await self.activations.get(identity.namespace, activation_id) is not None:
+            if check_ledger and await self.activations.get(identity.namespace, activation_id):
                 return activation_id
             return await self._fire(identity, path, payload, activation_id, tid, ledger=True)
         finally:
