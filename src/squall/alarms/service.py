@@ -368,6 +368,7 @@ class AlarmService:
         self._dirty_event = asyncio.Event()
         self._write_lock = asyncio.Lock()  # one alarm write in flight: revisions stay exact
         self._write_failing = False
+        self._fires_done = False  # set by close() once no fire can change an alarm any more
         self._heap: list[_HeapItem] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -467,7 +468,8 @@ class AlarmService:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
         if self._writer is not None:
-            self._dirty_event.set()  # the writer sees `_closing`, writes once more and ends
+            self._fires_done = True
+            self._dirty_event.set()  # the writer sees `_fires_done`, writes what is left, ends
             try:
                 await asyncio.wait_for(self._writer, timeout=self._close_grace_s + 5.0)
             except TimeoutError:
@@ -1012,7 +1014,8 @@ class AlarmService:
 
     def _end_first_attempt(self) -> None:
         self._first_attempts -= 1
-        if self._heap:  # ticks may be waiting for a free launch slot
+        # Wake the timer only when a due tick waits for this slot, not after every fire.
+        if self._first_attempts == self._max_fires - 1 and self._heap:
             self._wake.set()
 
     def _count_fire(self, record: FireRecord, result: FireResult) -> None:
@@ -1142,11 +1145,11 @@ class AlarmService:
         delay = self._retry.base_delay_s
         while True:  # ends when closing and nothing is left (or the store keeps failing)
             await self._dirty_event.wait()
-            if not self._closing:
+            if not self._fires_done:
                 await asyncio.sleep(self._write_delay_s)  # let a batch gather
             self._dirty_event.clear()
             written = await self._write_dirty()
-            if self._closing and (not written or not self._dirty):
+            if self._fires_done and (not written or not self._dirty):
                 return
             if written:
                 delay = self._retry.base_delay_s

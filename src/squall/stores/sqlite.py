@@ -163,42 +163,116 @@ def _rollback_quietly(conn: sqlite3.Connection) -> None:
             conn.rollback()
 
 
+class _File:
+    """One SQLite file as this process uses it: one writer connection in one thread, and one
+    read-only connection for point reads on the loop.
+
+    Shared by every store open on the file (the entity and activation stores usually are):
+    SQLite admits one writer at a time, and two writer connections in one process would make
+    each wait in SQLite's busy handler (sleeps of 1 to 100 ms) whenever the other commits.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="squall-sqlite")
+        self.conn: sqlite3.Connection | None = None  # the writer: in the thread only
+        self.reader: sqlite3.Connection | None = None  # point reads: on the loop's thread only
+        self.users = 0
+
+    async def submit(self, job: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    async def open(self) -> None:
+        await self.submit(self._open_writer)
+        try:
+            self.reader = _connect_reader(self.path)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.close()
+        try:
+            await self.submit(self._close_writer)
+        finally:
+            # The queue is empty by now, so joining the thread takes microseconds.
+            self._executor.shutdown(wait=True)
+
+    def _open_writer(self) -> None:
+        self.conn = _connect(self.path)
+
+    def _close_writer(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("PRAGMA optimize")  # what SQLite recommends before closing
+        except sqlite3.Error as exc:
+            log.warning("PRAGMA optimize on %s failed: %s", self.path, exc)
+        finally:
+            conn.close()
+
+
+# The files open in this process, by resolved path; touched on the event loop only.
+_FILES: dict[Path, _File] = {}
+
+
 class _Database:
-    """One SQLite connection, touched only from its own thread."""
+    """One store's view of its SQLite file: its tables' migrations and its error messages."""
 
     def __init__(self, path: Path, component: str, migrations: Sequence[Migration]) -> None:
         self.path = Path(path)
         self._component = component
         self._migrations = migrations
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"squall-sqlite-{component}")
-        self._conn: sqlite3.Connection | None = None  # read and written in the thread only
-        self._reader: sqlite3.Connection | None = None  # point reads, on the loop's thread only
+        self._file: _File | None = None
         self._state = "new"  # new | open | closed, read and written on the loop only
 
     async def open(self) -> None:
         if self._state != "new":
             raise StoreError(f"SQLite {self._component} store {self.path} was already started")
-        await self._submit(self._open)
+        file = await self._acquire()
         try:
-            self._reader = self._connect_reader()
-        except (OSError, sqlite3.Error) as exc:
-            await self._submit(self._close)
-            raise self._error("opening a reader", exc) from exc
+            await file.submit(partial(self._guarded_migrate, file))
+        except BaseException:
+            await self._release(file)
+            raise
+        self._file = file
         self._state = "open"
 
     async def close(self) -> None:
         if self._state == "closed":
             return
-        was_open, self._state = self._state == "open", "closed"
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
+        self._state = "closed"
+        file, self._file = self._file, None
+        if file is not None:
+            await self._release(file)
+
+    async def _acquire(self) -> _File:
         try:
-            if was_open:
-                await self._submit(self._close)
-        finally:
-            # The queue is empty by now, so joining the thread takes microseconds.
-            self._executor.shutdown(wait=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key = self.path.resolve()
+        except OSError as exc:
+            raise self._error("opening", exc) from exc
+        file = _FILES.get(key)
+        if file is None:
+            file = _File(key)
+            _FILES[key] = file
+            try:
+                await file.open()
+            except (OSError, sqlite3.Error) as exc:
+                _FILES.pop(key, None)
+                raise self._error("opening", exc) from exc
+        file.users += 1
+        return file
+
+    async def _release(self, file: _File) -> None:
+        file.users -= 1
+        if file.users == 0:
+            if _FILES.get(file.path) is file:
+                del _FILES[file.path]
+            await file.close()
 
     async def run(
         self,
@@ -207,14 +281,15 @@ class _Database:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run `fn(connection, ...)` in the store's thread; sqlite3 errors become StoreError."""
-        if self._state != "open":
+        """Run `fn(connection, ...)` in the file's thread; sqlite3 errors become StoreError."""
+        file = self._file
+        if self._state != "open" or file is None:
             raise StoreError(f"SQLite {self._component} store {self.path} is not open ({what})")
 
         def call(conn: sqlite3.Connection) -> T:
             return fn(conn, *args, **kwargs)
 
-        return await self._submit(partial(self._guarded, what, call))
+        return await file.submit(partial(self._guarded, file, what, call))
 
     def read(
         self,
@@ -224,7 +299,8 @@ class _Database:
         **kwargs: P.kwargs,
     ) -> T:
         """Run a point read `fn(reader, ...)` on the caller's (the loop's) thread."""
-        reader = self._reader
+        file = self._file
+        reader = file.reader if file is not None else None
         if self._state != "open" or reader is None:
             raise StoreError(f"SQLite {self._component} store {self.path} is not open ({what})")
         try:
@@ -232,11 +308,8 @@ class _Database:
         except sqlite3.Error as exc:
             raise self._error(what, exc) from exc
 
-    async def _submit(self, job: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
-
-    def _guarded(self, what: str, call: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
+    def _guarded(self, file: _File, what: str, call: Callable[[sqlite3.Connection], T]) -> T:
+        conn = file.conn
         if conn is None:
             raise StoreError(f"SQLite {self._component} store {self.path} is not open ({what})")
         try:
@@ -250,49 +323,15 @@ class _Database:
 
     # -- in the thread -------------------------------------------------------------------------
 
-    def _open(self) -> None:
-        try:
-            conn = self._connect()
-        except (OSError, sqlite3.Error) as exc:
-            raise self._error("opening", exc) from exc
+    def _guarded_migrate(self, file: _File) -> None:
+        conn = file.conn
+        if conn is None:
+            raise StoreError(f"SQLite {self._component} store {self.path} is not open")
         try:
             self._migrate(conn)
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise self._error("bringing the schema up to date", exc) from exc
-            raise
-        self._conn = conn
-
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Created here rather than by SQLite so the file is private from its first byte; SQLite
-        # gives its -wal and -shm files the same mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        # isolation_level=None: no implicit transactions, every write transaction is explicit.
-        conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=128)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            conn.execute("PRAGMA synchronous = NORMAL")
-        except BaseException:
-            conn.close()
-            raise
-        if str(mode).lower() != "wal":
-            log.warning("SQLite database %s cannot use WAL (journal_mode=%s); writers will "
-                        "block readers", self.path, mode)
-        return conn
-
-    def _connect_reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=64)
-        try:
-            conn.execute("PRAGMA query_only = ON")
-            # Short: a point read in WAL mode waits only while the WAL itself is being reset.
-            conn.execute("PRAGMA busy_timeout = 100")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        except sqlite3.Error as exc:
+            _rollback_quietly(conn)
+            raise self._error("bringing the schema up to date", exc) from exc
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute(_SCHEMA_VERSION_DDL)
@@ -321,16 +360,36 @@ class _Database:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            conn.execute("PRAGMA optimize")  # what SQLite recommends before closing
-        except sqlite3.Error as exc:
-            log.warning("PRAGMA optimize on %s failed: %s", self.path, exc)
-        finally:
-            conn.close()
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Created here rather than by SQLite so the file is private from its first byte; SQLite
+    # gives its -wal and -shm files the same mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    # isolation_level=None: no implicit transactions, every write transaction is explicit.
+    conn = sqlite3.connect(path, isolation_level=None, cached_statements=128)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    if str(mode).lower() != "wal":
+        log.warning("SQLite database %s cannot use WAL (journal_mode=%s); writers will "
+                    "block readers", path, mode)
+    return conn
+
+
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, cached_statements=64)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        # Short: a point read in WAL mode waits only while the WAL itself is being reset.
+        conn.execute("PRAGMA busy_timeout = 100")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 # ---------------------------------------------------------------------------------------------
