@@ -411,6 +411,35 @@ async def test_sqlite_stores_share_one_file(tmp_path: Path) -> None:
         await entities.close()
 
 
+async def test_sqlite_stores_on_one_file_share_its_writer_and_close_independently(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "squall.db"
+    entities, activations = SqliteEntityStore(path), SqliteActivationStore(path)
+    await entities.start()
+    await activations.start()
+    # Writes of both stores at once: with two writer connections one would wait in SQLite's
+    # busy handler; with the shared one they simply queue.
+    record = {"namespace": "guest", "name": "a", "start": 1, "end": 2, "annotations": []}
+    for i in range(20):
+        activations.store({**record, "activationId": f"{i:032x}"})
+    await asyncio.gather(
+        activations.flush(),
+        *(entities.put(ACTIONS, "guest", f"a{i}", doc(f"a{i}"), None) for i in range(20)),
+    )
+    await activations.close()
+    # The entity store keeps working on the file after the other store closed.
+    await entities.put(ACTIONS, "guest", "after", doc("after"), None)
+    assert await entities.count(ACTIONS, "guest") == 21
+    await entities.close()
+    reopened = SqliteActivationStore(path)
+    await reopened.start()
+    try:
+        assert await reopened.get("guest", f"{19:032x}") is not None
+    finally:
+        await reopened.close()
+
+
 async def test_sqlite_unusable_file_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "garbage.db"
     path.write_bytes(b"this is not a database, just some text " * 100)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from squall.abc import EntityStore, JSONDict, StoredEntity, SubjectRecord
+from squall.abc import EntityStore, EntityWrite, JSONDict, StoredEntity, SubjectRecord
 from squall.alarms import (
     Alarm,
     AlarmService,
@@ -788,6 +788,82 @@ async def test_jitter_delays_each_tick_deterministically(
     assert stored is not None and replay.next_fire_times(stored, 1) == [
         at(2) + jitter_offset(alarm.id, at(2), 20)
     ]
+
+
+async def test_only_ticks_that_may_have_fired_ask_for_the_ledger(
+    store: SqliteEntityStore, services: Factory
+) -> None:
+    clock, fire = FakeClock(T0), TriggerFireDouble()
+    first = await services(store, fire, clock=clock, retry=FAST_RETRY)
+    await first.create(cron_alarm("led", "* * * * *", T0))
+    await advance(first, clock, at(1))  # armed by this service: never fired before
+    fire.results = [FireResult.failed("boom")]
+    await advance(first, clock, at(2))  # failed, then retried: the first try may have fired
+    await first.close()
+    second = await services(store, fire, clock=FakeClock(at(2, 30)))
+    second.rearm()
+    await second.wait_idle()
+    assert [(c.tick, c.maybe_fired) for c in fire.calls] == [
+        (at(1), False),
+        (at(2), False),
+        (at(2), True),
+    ]
+    third_clock = FakeClock(at(2, 30))
+    await second.close()
+    third = await services(store, fire, clock=third_clock)
+    await advance(third, third_clock, at(3))  # restored: a crashed run may have fired it
+    await advance(third, third_clock, at(4))
+    assert [(c.tick, c.maybe_fired) for c in fire.calls[3:]] == [(at(3), True), (at(4), False)]
+
+
+async def test_a_burst_of_due_ticks_waits_in_the_heap_not_as_tasks(
+    store: SqliteEntityStore, services: Factory
+) -> None:
+    clock, fire = FakeClock(T0), TriggerFireDouble()
+    service = await services(store, fire, clock=clock, max_concurrent_fires=3)
+    for i in range(30):
+        await service.create(cron_alarm(f"b{i}", "* * * * *", T0))
+        fire.delay_s[f"{NS}/b{i}"] = 0.005
+    clock.set(at(1))
+    service.rearm()
+    most_in_flight = 0
+    for _ in range(2000):  # bounded: 30 fires of 5 ms, 3 at a time, take ~50 ms
+        await asyncio.sleep(0.001)
+        most_in_flight = max(most_in_flight, service.stats().in_flight)
+        if len(fire.calls) == 30 and service.stats().in_flight == 0:
+            break
+    await service.wait_idle()
+    assert sorted(c.alarm_id for c in fire.calls) == sorted(f"{NS}/b{i}" for i in range(30))
+    assert 1 <= most_in_flight <= 3
+
+
+class CountingStore(FlakyStore):
+    """A real store that counts `put_many` calls and the writes they carry."""
+
+    def __init__(self, inner: EntityStore) -> None:
+        super().__init__(inner)
+        self.batches: list[int] = []
+
+    async def put_many(self, writes: Sequence[EntityWrite]) -> list[StoredEntity | ConflictError]:
+        self.batches.append(len(writes))
+        return await self.inner.put_many(writes)
+
+
+async def test_the_state_of_a_burst_of_fires_is_written_in_a_few_batches(
+    store: SqliteEntityStore, services: Factory
+) -> None:
+    counting = CountingStore(store)
+    clock, fire = FakeClock(T0), TriggerFireDouble()
+    service = await services(counting, fire, clock=clock, write_batch=40)
+    for i in range(100):
+        await service.create(cron_alarm(f"w{i}", "* * * * *", T0))
+    await advance(service, clock, at(1))
+    assert len(fire.calls) == 100
+    assert sum(counting.batches) == 100 and max(counting.batches) <= 40
+    assert len(counting.batches) <= 6  # about three full batches, not a write per fire
+    for i in (0, 57, 99):
+        doc = await stored_doc(store, f"w{i}")
+        assert doc is not None and doc["nextTick"] == at(2).isoformat()
 
 
 async def test_alarms_live_beside_trigger_entities_of_the_same_name(
