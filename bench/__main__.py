@@ -122,7 +122,8 @@ def smoke_problems(results: dict[str, Any]) -> list[str]:
         if phase is not None and phase.get("failed"):
             problems.append(f"{key}: {phase['failed']} invocations failed")
     smoke = bool(targets.dig(results, ("plan", "smoke")))
-    for key in ("alarms", "alarms_inactive_rules", "alarms_apscheduler") if smoke else ():
+    alarm_phases = ("alarms", "alarms_inactive_rules", "alarms_spread", "alarms_apscheduler")
+    for key in alarm_phases if smoke else ():
         phase = results.get(key)
         if phase and "skipped" not in phase and not targets.dig(phase, ("fires_per_s",)):
             problems.append(f"{key}: no alarm fire was delivered in the window")

@@ -110,9 +110,12 @@ class Row:
     doc: dict[str, Any]
 
 
-def build_rows(firing: int, idle: int, rule_status: str, now: datetime) -> Iterator[Row]:
+def build_rows(
+    firing: int, idle: int, rule_status: str, now: datetime, jitter_s: float = 0.0
+) -> Iterator[Row]:
     """Every document of the benchmark's namespace, as the controller and AlarmService build
-    and store them (alarms: `Alarm.from_params(...).to_doc()` with `next_tick` set)."""
+    and store them (alarms: `Alarm.from_params(...).to_doc()` with `next_tick` set). With
+    `jitter_s`, the firing alarms' ticks are spread over that many seconds (jitterSeconds)."""
     limits = SystemLimits()
     action = build_action(
         NAMESPACE,
@@ -125,10 +128,14 @@ def build_rows(firing: int, idle: int, rule_status: str, now: datetime) -> Itera
     yield Row("actions", NAMESPACE, NOOP_ACTION, action.to_json())
     action_path = EntityPath(NAMESPACE, None, NOOP_ACTION)
     # One validated alarm per distinct schedule, copied per trigger (from_params costs ~0.1 ms).
+    spread = {"jitterSeconds": jitter_s} if jitter_s else {}
     templates = {
-        cron: Alarm.from_params(NAMESPACE, "template", "cron", {"cron": cron}, now=now)
-        for cron in [f"{s} * * * * *" for s in range(min(firing, 60))] + [YEARLY_CRON]
+        cron: Alarm.from_params(NAMESPACE, "template", "cron", {"cron": cron, **spread}, now=now)
+        for cron in [f"{s} * * * * *" for s in range(min(firing, 60))]
     }
+    templates[YEARLY_CRON] = Alarm.from_params(
+        NAMESPACE, "template", "cron", {"cron": YEARLY_CRON}, now=now
+    )
     next_ticks = {cron: alarm.next_tick_after(now) for cron, alarm in templates.items()}
     body = {"annotations": [{"key": "feed", "value": FEED}]}
     for i in range(firing + idle):
@@ -178,9 +185,11 @@ def bulk_insert(db: Path, rows: list[Row]) -> None:
         conn.close()
 
 
-async def _seed(db: Path, firing: int, idle: int, rule_status: str) -> dict[str, Any]:
+async def _seed(
+    db: Path, firing: int, idle: int, rule_status: str, jitter_s: float
+) -> dict[str, Any]:
     started = time.perf_counter()
-    rows = list(build_rows(firing, idle, rule_status, datetime.now(UTC)))
+    rows = list(build_rows(firing, idle, rule_status, datetime.now(UTC), jitter_s))
     built = time.perf_counter()
     store = SqliteEntityStore(db)
     await store.start()  # creates the schema through the store's own migrations
@@ -226,8 +235,10 @@ async def _seed(db: Path, firing: int, idle: int, rule_status: str) -> dict[str,
     }
 
 
-def seed(db: Path, firing: int, idle: int, rule_status: str) -> dict[str, Any]:
-    return asyncio.run(_seed(db, firing, idle, rule_status))
+def seed(
+    db: Path, firing: int, idle: int, rule_status: str, jitter_s: float = 0.0
+) -> dict[str, Any]:
+    return asyncio.run(_seed(db, firing, idle, rule_status, jitter_s))
 
 
 # -- timing helpers ----------------------------------------------------------------------------
@@ -295,7 +306,7 @@ def memory_figures(proc: psutil.Process) -> dict[str, Any]:
 # -- Squall ------------------------------------------------------------------------------------
 
 
-def phase_squall_alarms(plan: Plan, rule_status: str) -> dict[str, Any]:
+def phase_squall_alarms(plan: Plan, rule_status: str, jitter_s: float = 0.0) -> dict[str, Any]:
     check_window(plan)
     root = Path(tempfile.mkdtemp(prefix="squall-bench-alarms-"))
     data = root / "data"
@@ -308,11 +319,12 @@ def phase_squall_alarms(plan: Plan, rule_status: str) -> dict[str, Any]:
         "idle": idle,
         "alarms": firing + idle,
         "rule_status": rule_status,
+        "jitter_s": jitter_s,
         "window_s": int(plan.alarm_window_s),
         "warmup_s": plan.alarm_warmup_s,
     }
     try:
-        out["seed"] = seed(data / "squall.db", firing, idle, rule_status)
+        out["seed"] = seed(data / "squall.db", firing, idle, rule_status, jitter_s)
         timeout = plan.alarm_boot_timeout_s
         with squall_server(SETTINGS, timeout, data_dir=data, auth=auth, poll_s=0.01) as first:
             out["first_boot"] = boot_figures(first)
@@ -716,5 +728,12 @@ def phase_alarms(plan: Plan) -> dict[str, Any]:
 
 def phase_alarms_inactive(plan: Plan) -> dict[str, Any]:
     return phase_squall_alarms(plan, INACTIVE)
+
+
+def phase_alarms_spread(plan: Plan) -> dict[str, Any]:
+    """Rules inactive, each firing alarm's tick spread over its second by jitterSeconds: the
+    same rate without a thousand ticks due at one instant (lag is then from the due instant,
+    tick + jitter, as the alarm records it)."""
+    return phase_squall_alarms(plan, INACTIVE, jitter_s=plan.alarm_spread_jitter_s)
 
 

@@ -58,7 +58,8 @@ class Plan:
     # ones, and the timing of one run: first boot, warm-up, the measured window, stop margin
     alarm_firing: int = 60_000
     alarm_idle: int = 40_000
-    alarm_first_boot_s: float = 15.0
+    alarm_first_boot_s: float = 30.0  # long enough to fire the seed's missed ticks
+    alarm_spread_jitter_s: float = 1.0
     alarm_warmup_s: float = 15.0
     alarm_window_s: float = 50.0
     alarm_stop_margin_s: float = 2.0
@@ -261,5 +262,6 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "memory": phase_memory,
     "alarms": alarms.phase_alarms,
     "alarms_inactive_rules": alarms.phase_alarms_inactive,
+    "alarms_spread": alarms.phase_alarms_spread,
     "alarms_apscheduler": alarms.phase_apscheduler,
 }

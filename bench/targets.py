@@ -83,6 +83,12 @@ GOALS = (
         ("alarms_inactive_rules", "lag", "p99_ms"), ("alarms_apscheduler", "lag", "p99_ms"),
     ),
     Goal(
+        "alarms_spread_lag_p99",
+        "Alarms, rules inactive, ticks spread over each second: scheduler lag p99", "ms", "<=",
+        20.0,
+        ("alarms_spread", "lag", "p99_ms"), ("alarms_apscheduler", "lag", "p99_ms"),
+    ),
+    Goal(
         "alarms_inactive_rate", "Alarms, rules inactive: fires delivered per second", "fires/s",
         ">=", 1000.0,
         ("alarms_inactive_rules", "fires_per_s"), ("alarms_apscheduler", "fires_per_s"),

@@ -587,6 +587,9 @@ def plan_next(alarm: Alarm, candidate: datetime | None, now: datetime, *, grace_
         return Plan(first, catchup=alarm.due_at(first) <= late_line, dropped=dropped, capped=capped)
 
     if alarm.misfire == "fire_once":
+        following = schedule.next_after(candidate)
+        if following is None or alarm.due_at(following) > late_line:
+            return Plan(candidate, catchup=True)  # only the candidate was missed: one step
         last = schedule.last_at_or_before(late_line, not_before=candidate) or candidate
         dropped, capped = dropped_between(candidate, last)
         return Plan(last, catchup=alarm.due_at(last) <= late_line, dropped=dropped, capped=capped)

@@ -332,7 +332,7 @@ class AlarmService:
         fire: FireCallback,
         *,
         clock: Clock | None = None,
-        max_concurrent_fires: int = 64,
+        max_concurrent_fires: int = 256,
         on_delete_after_fire: DeleteAfterFireCallback | None = None,
         retry: RetryPolicy | None = None,
         misfire_grace_s: float = 1.0,
@@ -342,7 +342,7 @@ class AlarmService:
         close_grace_s: float = 2.0,
         fire_timeout_s: float = 30.0,
         write_delay_s: float = 0.02,
-        write_batch: int = 2000,
+        write_batch: int = 256,
     ) -> None:
         if max_concurrent_fires < 1:
             raise ValueError("max_concurrent_fires must be at least 1")
