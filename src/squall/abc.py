@@ -11,7 +11,8 @@ backend stays a thin adapter and `squall store copy` can move them verbatim.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+import builtins
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -134,6 +135,26 @@ class EntityStore(abc.ABC):
 
         With `prefix_match`, paths below `namespace` (`ns/pkg`) are included too.
         """
+
+    async def scan(
+        self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
+    ) -> AsyncIterator[builtins.list[StoredEntity]]:
+        """Every entity of a collection under a path, a page at a time, for loading a whole
+        collection at start without holding all of it decoded at once.
+
+        The default pages through `list`; backends override it with a keyset scan (OFFSET
+        paging re-reads every skipped row). Entities written during a scan may be missed.
+        """
+        skip = 0
+        while True:  # bounded: each page is non-empty and the store is finite
+            batch = await self.list(
+                collection, namespace, skip=skip, limit=page, prefix_match=prefix_match
+            )
+            if batch:
+                yield batch
+            if len(batch) < page:
+                return
+            skip += len(batch)
 
     @abc.abstractmethod
     async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:

@@ -79,6 +79,25 @@ async def test_put_many_fails_only_the_conflicting_writes(entity_store: EntitySt
     assert await entity_store.put_many([]) == []
 
 
+async def test_scan_pages_through_a_collection_under_a_path(entity_store: EntityStore) -> None:
+    names = [f"e{i:02d}" for i in range(10)]
+    for name in names:
+        await create(entity_store, "#root/guest", name, TRIGGERS)
+    await create(entity_store, "#root/other", "x", TRIGGERS)
+    await create(entity_store, "#rooted", "not-below", TRIGGERS)  # a sibling path, not below
+    await create(entity_store, "#root/guest", "an-action")  # another collection
+    pages = [
+        [(e.namespace, e.name) for e in page]
+        async for page in entity_store.scan(TRIGGERS, "#root", prefix_match=True, page=3)
+    ]
+    assert [len(page) for page in pages] == [3, 3, 3, 2]
+    assert sorted(key for page in pages for key in page) == sorted(
+        [("#root/guest", n) for n in names] + [("#root/other", "x")]
+    )
+    exact = [e.name async for page in entity_store.scan(TRIGGERS, "#rooted") for e in page]
+    assert exact == ["not-below"]
+
+
 async def test_same_name_under_other_paths_is_fine(entity_store: EntityStore) -> None:
     await create(entity_store, "guest", "a")
     await create(entity_store, "guest/pkg", "a")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -163,7 +164,7 @@ class LastFire:
             fired_at=_from_iso(value["firedAt"]),
             lag_ms=float(value.get("lagMs", 0.0)),
             activation_id=str(value["activationId"]),
-            outcome=str(value.get("outcome", "fired")),
+            outcome=sys.intern(str(value.get("outcome", "fired"))),
             attempts=int(value.get("attempts", 1)),
             catchup=bool(value.get("catchup", False)),
         )
@@ -452,13 +453,14 @@ class Alarm:
         status = doc.get("status") or {}
         changed = status.get("dateChanged")
         max_triggers = doc.get("maxTriggers")
+        # Strings that repeat across alarms are interned: 100,000 alarms share a handful.
         return cls(
-            namespace=str(doc["namespace"]),
+            namespace=sys.intern(str(doc["namespace"])),
             trigger=str(doc["name"]),
             kind=AlarmKind(doc["kind"]),
             payload=dict(doc.get("payload") or {}),
-            cron=doc.get("cron"),
-            timezone=doc.get("timezone"),
+            cron=_interned(doc.get("cron")),
+            timezone=_interned(doc.get("timezone")),
             strict=doc.get("strict"),
             minutes=doc.get("minutes"),
             date=_from_iso_or_none(doc.get("date")),
@@ -665,14 +667,14 @@ def _delete_after_fire(value: Any) -> DeleteAfterFire:
     text = str(value).strip().lower()
     if text not in DELETE_AFTER_FIRE:
         raise AlarmValidationError("deleteAfterFire parameter must be one of [false, true, rules].")
-    return text
+    return cast(DeleteAfterFire, sys.intern(text))  # one string for every alarm, not one each
 
 
 def _misfire(value: Any) -> MisfirePolicy:
     text = str(value).strip().lower()
     if text not in MISFIRE_POLICIES:
         raise AlarmValidationError("misfire parameter must be one of [skip, fire_once, fire_all].")
-    return text
+    return cast(MisfirePolicy, sys.intern(text))
 
 
 def _max_triggers(value: Any) -> int | None:
@@ -732,6 +734,10 @@ def _policy_params(params: Mapping[str, Any], current: dict[str, Any]) -> dict[s
 # ---------------------------------------------------------------------------------------------
 # Time rendering
 # ---------------------------------------------------------------------------------------------
+
+
+def _interned(value: Any) -> Any:
+    return sys.intern(value) if isinstance(value, str) else value
 
 
 def _iso(t: datetime) -> str:

@@ -95,8 +95,6 @@ log = logging.getLogger(__name__)
 
 ALARMS_COLLECTION = "alarms"
 ALARMS_ROOT = "#alarms"
-# OFFSET paging re-sorts the set per page (quadratic at 100k alarms): read in one pass.
-LIST_PAGE = 1_000_000
 LAG_SAMPLES = 4096
 
 
@@ -408,28 +406,26 @@ class AlarmService:
         """
         if self._started:
             raise RuntimeError("the alarm service is already started")
+        began = time.perf_counter()
         with _collector_paused():
-            began = time.perf_counter()
-            stored = await self._load_all()
-            loaded = time.perf_counter()
-            self._started = True
-            summary = self._restore_all(stored)
+            summary = await self._load_all()
+        self._started = True
         self._timer = asyncio.create_task(self._run_timer(), name="squall-alarm-timer")
         self._writer = asyncio.create_task(self._write_loop(), name="squall-alarm-writer")
         summary.log()
         log.info(
-            "alarm service started with %d alarms (%d scheduled; read in %.2f s, "
-            "scheduled in %.2f s)",
+            "alarm service started with %d alarms (%d scheduled) in %.2f s",
             len(self._entries),
             len(self._heap),
-            loaded - began,
-            time.perf_counter() - loaded,
+            time.perf_counter() - began,
         )
 
-    def _restore_all(self, stored: builtins.list[StoredEntity]) -> _RestoreSummary:
-        now = self.now()
-        summary = _RestoreSummary()
-        for entity in stored:
+    def _restore_page(
+        self, page: builtins.list[StoredEntity], now: datetime, summary: _RestoreSummary
+    ) -> None:
+        for entity in page:
+            if f"{entity.namespace}/{entity.name}" in self._entries:
+                continue  # seen on an earlier page (moved during the scan)
             try:
                 alarm = Alarm.from_doc(entity.doc)
             except (KeyError, ValueError, TypeError):
@@ -445,8 +441,6 @@ class AlarmService:
             except Exception:  # one bad alarm must not keep the others from starting
                 self._counts["internal_errors"] += 1
                 log.exception("alarm %s could not be scheduled", alarm.id)
-        heapq.heapify(self._heap)  # once, instead of a push per alarm
-        return summary
 
     async def close(self) -> None:
         """Stop timing; let fires in flight finish (up to close_grace_s), write what is pending.
@@ -722,18 +716,16 @@ class AlarmService:
 
     # -- loading and misfires -----------------------------------------------------------------
 
-    async def _load_all(self) -> builtins.list[StoredEntity]:
-        found: dict[tuple[str, str], StoredEntity] = {}
-        skip = 0
-        while True:  # bounded: each page is non-empty and the store is finite
-            page = await self._store.list(
-                ALARMS_COLLECTION, ALARMS_ROOT, skip=skip, limit=LIST_PAGE, prefix_match=True
-            )
-            for entity in page:
-                found.setdefault((entity.namespace, entity.name), entity)
-            if len(page) < LIST_PAGE:
-                return list(found.values())
-            skip += len(page)
+    async def _load_all(self) -> _RestoreSummary:
+        """Read every alarm a page at a time and arm it: a page's documents are dropped once
+        its alarms are built, so the decoded documents never sit in memory all at once."""
+        now = self.now()
+        summary = _RestoreSummary()
+        pages = self._store.scan(ALARMS_COLLECTION, ALARMS_ROOT, prefix_match=True, page=4096)
+        async for page in pages:
+            self._restore_page(page, now, summary)
+        heapq.heapify(self._heap)  # once, instead of a push per alarm
+        return summary
 
     def _restore(
         self, entry: _Entry, now: datetime, summary: _RestoreSummary, *, bulk: bool

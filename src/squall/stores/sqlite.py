@@ -17,6 +17,7 @@ The file is created with mode 0600 (its directory, if created, 0700): it holds k
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import logging
@@ -24,7 +25,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -470,6 +471,21 @@ class SqliteEntityStore(EntityStore):
             "listing entities", _entity_list, collection, namespace, skip, limit, prefix_match
         )
 
+    async def scan(
+        self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
+    ) -> AsyncIterator[builtins.list[StoredEntity]]:
+        after: tuple[str, str] | None = None
+        while True:  # bounded: the key grows on every page and the table is finite
+            batch = await self._db.run(
+                "scanning entities", _entity_scan, collection, namespace, prefix_match, after,
+                page,
+            )
+            if batch:
+                yield batch
+                after = (batch[-1].namespace, batch[-1].name)
+            if len(batch) < page:
+                return
+
     async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:
         return await self._db.run(
             "counting entities", _entity_count, collection, namespace, prefix_match
@@ -588,6 +604,22 @@ def _entity_list(
         f"SELECT namespace, name, revision, doc FROM entities WHERE {where} "
         "ORDER BY updated DESC, seq DESC LIMIT ? OFFSET ?",
         (*params, max(limit, 0), max(skip, 0)),
+    )
+    return [StoredEntity(collection, ns, name, rev, _loads(doc)) for ns, name, rev, doc in rows]
+
+
+def _entity_scan(
+    conn: sqlite3.Connection, collection: str, namespace: str, prefix_match: bool,
+    after: tuple[str, str] | None, limit: int,
+) -> list[StoredEntity]:
+    where, params = _entity_scope(collection, namespace, prefix_match)
+    if after is not None:  # keyset paging along the primary key (namespace, name)
+        where += " AND (namespace, name) > (?, ?)"
+        params = (*params, *after)
+    rows = conn.execute(
+        f"SELECT namespace, name, revision, doc FROM entities WHERE {where} "
+        "ORDER BY namespace, name LIMIT ?",
+        (*params, max(limit, 1)),
     )
     return [StoredEntity(collection, ns, name, rev, _loads(doc)) for ns, name, rev, doc in rows]
 
