@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -595,6 +596,24 @@ async def _missed_ten_minutes(
     second = await services(store, fire, clock=clock)
     await second.wait_idle(timeout_s=10)
     return second, fire
+
+
+async def test_a_restart_after_an_outage_logs_one_summary_not_a_line_per_alarm(
+    store: SqliteEntityStore, services: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await services(store, TriggerFireDouble(), clock=FakeClock(T0))
+    for i in range(25):
+        await first.create(cron_alarm(f"o{i}", "* * * * *", T0, misfire="skip"))
+    await first.close()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="squall.alarms.service"):
+        fire = TriggerFireDouble()
+        second = await services(store, fire, clock=FakeClock(at(10, 30)))
+        await second.wait_idle(timeout_s=10)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert sum("25 alarms missed ticks" in line for line in lines) == 1
+    assert not any("guest/o3:" in line for line in lines)  # no per-alarm line at INFO
+    assert fire.calls == [] and second.stats().dropped_ticks == 25 * 10
 
 
 async def test_restart_skip_fires_nothing_extra(

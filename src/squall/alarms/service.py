@@ -6,28 +6,32 @@ One timer task keeps a heap of (due instant, alarm) and sleeps until the earlies
 (`asyncio.timeout` on an event, i.e. `loop.call_at`): no polling. Creating, updating, pausing or
 deleting an alarm re-arms it. The sleep is capped at `max_sleep_s` (60 s) so a wall-clock jump
 (NTP step, suspended laptop) is noticed within a minute; `rearm()` makes it look at once.
-Each due tick is fired by its own task, bounded by a semaphore (`max_concurrent_fires`), so a slow
-fire never delays another alarm's tick. An alarm has at most one tick in flight; its next tick is
-armed when the fire returns.
+Each due tick is fired by its own task, at most `max_concurrent_fires` in their first attempt at
+once (the rest of a burst waits in the heap), so a slow fire never delays another alarm's tick.
+An alarm has at most one tick in flight; its next tick is armed when the fire returns.
 
 Exactly once per tick
 ---------------------
 * A tick's activation id is deterministic: the first 32 hex digits of
   sha256("{namespace}/{trigger}|{tick ISO}") (`activation_id_for`). The fire callback (the
   controller's trigger fire) is idempotent on that id.
-* An alarm's `next_tick` is persisted only AFTER the fire callback returned. A crash between the
-  fire and the write leaves the old `next_tick` in the store; on restart that tick is in the
+* An alarm's `next_tick` is persisted only AFTER the fire callback returned (in the next batch
+  of state writes, a few ms later). A crash between the fire and the write leaves the old
+  `next_tick` in the store; on restart that tick is in the
   past, so the misfire policy fires it again WITH THE SAME ID, and the controller drops the
   duplicate. A crash before the fire leaves the same state, and the tick is fired for the first
   time. So a tick is never lost (beyond what the alarm's misfire policy asks) and never doubled.
 * Retries of a failed or throttled fire reuse the tick's id, for the same reason.
 * If the store fails after a fire, the service keeps firing from memory and retries the write
   with backoff; a crash meanwhile only means some ticks are fired again with their same ids.
+* The ledger lookup is skipped when the service knows a tick was never fired: it armed the
+  tick itself (not restored from the store) and this is the first attempt.
 
 Misfires
 --------
-A tick is missed when it is more than `misfire_grace_s` (1 s) late: at `start()` (ticks that fell
-while no service ran) and after a fire that took longer than the next tick's spacing (retries).
+A tick is missed when it is more than `misfire_grace_s` (1 s) late: when a restored tick comes
+up (ticks that fell while no service ran; the policy is applied then, not at `start()`) and after
+a fire that took longer than the next tick's spacing (retries, a backlog).
 The alarm's policy decides: `skip` drops them, `fire_once` (default) fires the most recent one,
 `fire_all` fires each one within `catchup_window_s`, oldest first. OpenWhisk's provider replays
 nothing (`skip`); Squall's default never loses a tick silently.
