@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import sqlite3
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -33,10 +30,16 @@ from squall.abc import (
     DurationStats,
     EntityStore,
     JSONDict,
+    RecordPage,
     StoredEntity,
     SubjectRecord,
 )
 from squall.errors import ConflictError, StoreError
+from squall.stores.base import wait_event as _wait
+from squall.stores.rows import PURGE_CHUNK, STATS_WINDOW, activation_row
+from squall.stores.rows import dumps as _dumps
+from squall.stores.rows import now_ms as _now_ms
+from squall.stores.rows import percentile as _percentile
 
 __all__ = ["SqliteActivationStore", "SqliteEntityStore"]
 
@@ -50,8 +53,6 @@ P = ParamSpec("P")
 Migration = tuple[str, ...]
 
 BUSY_TIMEOUT_MS = 5000
-STATS_WINDOW = 10_000  # most recent durations considered by duration_stats
-PURGE_CHUNK = 5_000  # rows per delete, so a large purge never holds the write lock for long
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,20 +123,8 @@ ACTIVATION_MIGRATIONS: tuple[Migration, ...] = (
 # ---------------------------------------------------------------------------------------------
 
 
-def _dumps(doc: Any) -> str:
-    try:
-        return orjson.dumps(doc).decode()
-    except TypeError:
-        # orjson refuses integers beyond 64 bits, which user JSON may hold; the stdlib does not.
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-
-
 def _loads(text: str) -> Any:
     return orjson.loads(text)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @contextlib.contextmanager
@@ -301,7 +290,7 @@ _ENTITY_GET = """SELECT revision, doc FROM entities
     WHERE namespace = ? AND name = ? AND collection = ?"""
 _ENTITY_INSERT = f"""INSERT INTO entities
     (namespace, name, collection, revision, updated, seq, doc)
-    VALUES (?, ?, ?, 1, ?, {_NEXT_SEQ}, ?)"""
+    VALUES (?, ?, ?, ?, ?, {_NEXT_SEQ}, ?)"""
 _ENTITY_REPLACE = f"""UPDATE entities
     SET revision = revision + 1, updated = ?, seq = {_NEXT_SEQ}, doc = ?
     WHERE namespace = ? AND name = ? AND collection = ? AND revision = ?"""
@@ -385,6 +374,23 @@ class SqliteEntityStore(EntityStore):
     async def delete_subject(self, namespace: str) -> bool:
         return await self._db.run("deleting a subject", _subject_delete, namespace)
 
+    async def iter_entities(self) -> AsyncIterator[StoredEntity]:
+        last = -1
+        while True:
+            page = await self._db.run("exporting entities", _entity_page, last)
+            if not page:
+                return
+            for seq, entity in page:
+                last = seq
+                yield entity
+
+    async def iter_subjects(self) -> AsyncIterator[SubjectRecord]:
+        for record in await self._db.run("exporting subjects", _subjects_all):
+            yield record
+
+    async def restore(self, entity: StoredEntity) -> StoredEntity:
+        return await self._db.run("creating an entity", _entity_restore, entity)
+
 
 # The functions below run in a store's thread, with its connection.
 
@@ -401,12 +407,35 @@ def _entity_get(
 def _entity_create(
     conn: sqlite3.Connection, collection: str, namespace: str, name: str, doc: JSONDict
 ) -> StoredEntity:
+    return _entity_restore(conn, StoredEntity(collection, namespace, name, 1, doc))
+
+
+def _entity_restore(conn: sqlite3.Connection, entity: StoredEntity) -> StoredEntity:
+    params = (entity.namespace, entity.name, entity.collection, entity.revision, _now_ms(),
+              _dumps(entity.doc))  # fmt: skip
     try:
-        conn.execute(_ENTITY_INSERT, (namespace, name, collection, _now_ms(), _dumps(doc)))
+        conn.execute(_ENTITY_INSERT, params)
     except sqlite3.IntegrityError as exc:
         # Names are unique per path across collections, as OpenWhisk's document ids are.
-        raise ConflictError(f"an entity named {namespace}/{name} already exists") from exc
-    return StoredEntity(collection, namespace, name, 1, doc)
+        raise ConflictError(
+            f"an entity named {entity.namespace}/{entity.name} already exists"
+        ) from exc
+    return entity
+
+
+def _entity_page(conn: sqlite3.Connection, after_seq: int) -> list[tuple[int, StoredEntity]]:
+    rows = conn.execute(
+        "SELECT seq, collection, namespace, name, revision, doc FROM entities "
+        "WHERE seq > ? ORDER BY seq LIMIT 1000",
+        (after_seq,),
+    )
+    return [(seq, StoredEntity(coll, ns, name, rev, _loads(doc)))
+            for seq, coll, ns, name, rev, doc in rows]  # fmt: skip
+
+
+def _subjects_all(conn: sqlite3.Connection) -> list[SubjectRecord]:
+    rows = conn.execute(f"SELECT {_SUBJECT_COLUMNS} FROM subjects ORDER BY namespace")
+    return [SubjectRecord(ns, s, u, k, _loads(lim)) for ns, s, u, k, lim in rows]
 
 
 def _entity_replace(
@@ -623,6 +652,16 @@ class SqliteActivationStore(ActivationStore):
             if deleted < PURGE_CHUNK:
                 return total
 
+    async def iter_records(self, page: int = 1000) -> AsyncIterator[RecordPage]:
+        await self._flush_pending()
+        after = 0
+        while True:
+            rows = await self._db.run("exporting activations", _record_page, after, page)
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [_loads(doc) for _, doc in rows]
+
     async def _flush_pending(self) -> None:
         # Reads that query the table first write what is pending, so they see it too.
         if self._pending:
@@ -653,67 +692,11 @@ class SqliteActivationStore(ActivationStore):
                 await _wait(self._stopping, min(self._interval * 2**failures, 5.0))
 
 
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Wait until `event` is set or `seconds` pass."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-
-
-def _annotation(record: JSONDict, key: str) -> Any:
-    annotations = record.get("annotations")
-    if isinstance(annotations, list):
-        for item in annotations:
-            if isinstance(item, dict) and item.get("key") == key:
-                return item.get("value")
-    return None
-
-
-def _entity_path(name: str, path: str, binding: Any) -> str:
-    """What the listing's `name` filter compares with, as OpenWhisk's activations view does.
-
-    An action reached through a package binding is listed under `binding/name`, one in a
-    package under `pkg/name` (from its `path` annotation `ns/pkg/name`), any other under `name`.
-    """
-    if isinstance(binding, str):
-        parts = binding.strip("/").split("/")
-        if len(parts) >= 2:
-            return f"{parts[1]}/{name}"
-    segments = path.split("/")
-    return f"{segments[1]}/{name}" if len(segments) == 3 else name
-
-
-def _millis(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) else 0
-
-
-def _status_code(record: JSONDict) -> Any:
-    response = record.get("response")
-    if isinstance(response, dict) and "statusCode" in response:
-        return response["statusCode"]
-    return record.get("statusCode")
-
-
-def _activation_row(record: JSONDict) -> tuple[Any, ...]:
-    namespace = str(record.get("namespace", ""))
-    name = str(record.get("name", ""))
-    path = _annotation(record, "path")
-    if not isinstance(path, str) or not path:
-        path = f"{namespace}/{name}"  # triggers' records carry no path annotation
-    start, end = _millis(record.get("start")), _millis(record.get("end"))
-    duration = record.get("duration")
-    if not isinstance(duration, int | float):
-        duration = end - start if end else None
-    entity_path = _entity_path(name, path, _annotation(record, "binding"))
-    return (record["activationId"], namespace, name, path, entity_path, start, end, duration,
-            _status_code(record), _dumps(record))
-
-
 def _activations_write(conn: sqlite3.Connection, batch: Sequence[JSONDict]) -> None:
     rows = []
     for record in batch:
         try:
-            rows.append(_activation_row(record))
+            rows.append(activation_row(record))
         except (TypeError, ValueError) as exc:
             # A record that cannot be serialised would fail every batch it joins: drop it loudly.
             log.error("dropping activation %s, which cannot be serialised: %s",
@@ -782,10 +765,12 @@ def _duration_stats(
     )
 
 
-def _percentile(ordered: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile: always a duration that was observed."""
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
+def _record_page(conn: sqlite3.Connection, after: int, page: int) -> list[tuple[int, str]]:
+    # Rowid order (insertion order) pages without a sort; the rowid is the table's own key.
+    return conn.execute(
+        "SELECT rowid, doc FROM activations WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        (after, page),
+    ).fetchall()
 
 
 def _activations_purge(conn: sqlite3.Connection, before_ms: int) -> int:
