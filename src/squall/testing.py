@@ -41,7 +41,7 @@ def postgres_bin_dir() -> Path | None:
 def osmem_binary() -> str | None:
     """The osmem-server binary the `osmem-server` wheel ships, if installed."""
     try:
-        from osmem_server import resolve_binary  # type: ignore[import-not-found, unused-ignore]
+        from osmem_server import resolve_binary  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError:
         return shutil.which("osmem-server")
     try:
