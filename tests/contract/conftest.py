@@ -4,14 +4,14 @@ Every test in `tests/contract` runs once per entry of BACKENDS that serves its s
 backend is one factory that builds its stores at a location private to the test (a file under
 `tmp_path` for SQLite, a fresh schema or index prefix for a server) and one line in BACKENDS.
 
-The servers (PostgreSQL, osmem) are started once per session on 127.0.0.1 and stopped by PID.
-Locally a missing server binary skips its backend; under CI=true it fails (`require`).
+The servers (PostgreSQL, osmem) are session fixtures of tests/conftest.py: started once on
+127.0.0.1 and stopped by PID; locally a missing binary skips its backend, under CI=true it fails.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,8 +20,7 @@ import pytest
 
 from squall.abc import ActivationStore, EntityStore
 from squall.stores.sqlite import SqliteActivationStore, SqliteEntityStore
-from squall.testing import LocalOsmem, LocalPostgres, osmem_binary, postgres_bin_dir
-from tests.conftest import require
+from squall.testing import LocalOsmem, LocalPostgres
 
 
 class ActivationStoreFactory(Protocol):
@@ -88,40 +87,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     entity_seam = metafunc.module.__name__.endswith("test_entity_store")
     names = ENTITY_BACKENDS if entity_seam else tuple(BACKENDS)
     metafunc.parametrize("backend", names, indirect=True)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[LocalPostgres]:
-    bin_dir = postgres_bin_dir()
-    require(bin_dir is not None, "PostgreSQL server binaries (apt-get install postgresql)")
-    require(_importable("psycopg_pool"), "psycopg and psycopg_pool (pip install -e '.[dev]')")
-    assert bin_dir is not None
-    server = LocalPostgres(bin_dir)
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.remove()
-
-
-@pytest.fixture(scope="session")
-def osmem_server_process() -> Iterator[LocalOsmem]:
-    binary = osmem_binary()
-    require(binary is not None, "osmem-server (pip install osmem-server)")
-    assert binary is not None
-    server = LocalOsmem(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 @pytest.fixture

@@ -110,6 +110,10 @@ class BatchedActivationStore(ActivationStore):
             log.warning("%s; activation records are buffered until it is back", exc)
         self._flusher = asyncio.create_task(self._flush_loop(), name="squall-activation-flush")
 
+    async def wait_ready(self) -> None:
+        """Connect now, raising DependencyUnavailable instead of buffering (offline tools)."""
+        await self._ensure_connected()
+
     async def close(self) -> None:
         if self._closed:
             return
