@@ -75,16 +75,19 @@ class Platform:
         await self.alarms.start()  # last: its fires go through the controller
 
     async def close(self) -> None:
-        await self.alarms.close()
-        await self.controller.close()
-        await self.invoker.close()
-        await self.scheduler.close()
-        await self.retention.close()
-        await self.sandboxes.close()
-        await self.coordinator.close()
-        await self.bus.close()
-        await self.activations.close()
-        await self.entities.close()
+        """Stop in reverse start order; every component is closed even if one fails (an
+        activation store that cannot write its last records raises after the rest closed)."""
+        first_error: BaseException | None = None
+        for component in (self.alarms, self.controller, self.invoker, self.scheduler,
+                          self.retention, self.sandboxes, self.coordinator, self.bus,
+                          self.activations, self.entities):  # fmt: skip
+            try:
+                await component.close()
+            except Exception as exc:
+                log.error("closing %s failed: %s", type(component).__name__, exc)
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
 
 def build_platform(settings: Settings) -> Platform:
