@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -123,3 +126,27 @@ def test_migrate_creates_the_schemas(tmp_path: Path, postgres_server: LocalPostg
     assert first.exit_code == 0, first.output
     assert "schema up to date" in first.output and "pw" not in first.output
     assert CliRunner().invoke(cli, args).exit_code == 0  # idempotent
+
+
+def test_a_missing_sqlite_source_is_an_error_not_an_empty_copy(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    result = copy(f"sqlite://{missing}", f"sqlite://{tmp_path / 'out.db'}")
+    assert result.exit_code == 1 and "no such SQLite file" in result.output
+    assert not missing.exists()
+
+
+def test_standalone_refuses_a_newer_schema_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    seed(data / "squall.db")
+    with sqlite3.connect(data / "squall.db") as conn:
+        conn.execute("UPDATE schema_version SET version = 9 WHERE component = 'entities'")
+    conn.close()
+    completed = subprocess.run(
+        [sys.executable, "-m", "squall.cli.main", "standalone", "--data-dir", str(data),
+         "--port", "1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 1, completed.stderr
+    assert completed.stderr.startswith("error: database schema version 9 is newer")
+    assert "Traceback" not in completed.stderr

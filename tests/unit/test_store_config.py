@@ -10,9 +10,10 @@ import pytest
 from squall.config import load_settings, parse_duration
 from squall.errors import ConfigurationError
 from squall.stores import select
-from squall.stores.elasticsearch import ElasticsearchActivationStore, parse_url
+from squall.stores.elasticsearch import ElasticsearchActivationStore
+from squall.stores.options import parse_elasticsearch_url as parse_url
+from squall.stores.options import parse_postgres_url
 from squall.stores.postgres import PostgresActivationStore, PostgresEntityStore
-from squall.stores.postgres import parse_url as parse_postgres_url
 from squall.stores.sqlite import SqliteActivationStore, SqliteEntityStore
 
 
@@ -71,6 +72,10 @@ def test_elasticsearch_urls_choose_the_activation_adapter(url: str) -> None:
          ["CONFIG_whisk_activationStore_elasticsearch_hosts"]),
         ({"activationStoreBackend": "Redis"}, ["not a known activation store backend"]),
         ({"SQUALL_ACTIVATION_RETENTION": "soon"}, ["SQUALL_ACTIVATION_RETENTION", "30d"]),
+        ({"SQUALL_ENTITY_STORE": "postgresql://u:pw@db/squall?pool_max=many"},
+         ["SQUALL_ENTITY_STORE", "pool_max", "must be numbers"]),
+        ({"SQUALL_ACTIVATION_STORE": "elasticsearch+http://es:9200?index=x"},
+         ["SQUALL_ACTIVATION_STORE", "unknown option(s) index", "index_pattern"]),
     ],
 )  # fmt: skip
 def test_bad_store_settings_name_the_variable_and_the_fix(

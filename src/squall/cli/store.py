@@ -73,6 +73,9 @@ def store_copy(source_url: str, target_url: str, only: str | None) -> None:
     settings = _settings()
     source = _activation_or_entity_url(source_url, "--from")
     target = _activation_or_entity_url(target_url, "--to")
+    if source.kind == "sqlite" and not select.sqlite_path(source, settings.data_dir).exists():
+        # Opening it would create an empty database and "copy" nothing.
+        raise CliError(f"--from {source.redacted}: no such SQLite file")
     kinds = {only} if only else {"entities", "activations"}
     if "elasticsearch" in (source.kind, target.kind):
         kinds.discard("entities")

@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import logging
 import re
-import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 import orjson
 
 from squall.abc import ActivationQuery, DurationStats, JSONDict, RecordPage
-from squall.errors import ConfigurationError, DependencyUnavailable, StoreError
+from squall.errors import DependencyUnavailable, StoreError
 from squall.stores.base import BatchedActivationStore
+from squall.stores.options import parse_elasticsearch_url
 from squall.stores.rows import (
     annotation,
     dumps,
@@ -47,13 +45,12 @@ from squall.stores.rows import (
     record_path,
     status_code,
 )
-from squall.stores.select import redact
+from squall.stores.urls import redact
 
 __all__ = ["ElasticsearchActivationStore"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INDEX_PATTERN = "openwhisk-%s"
 HELPER_FIELDS = ("@timestamp", "path", "entityPath")  # added to documents, removed on read
 _KEYWORD_FIELDS = ("activationId", "namespace", "name", "subject", "version", "cause",
                    "entityPath")
@@ -83,56 +80,6 @@ _MAPPINGS: JSONDict = {
 _INDEX_NAME_UNSAFE = re.compile(r"[^a-z0-9._@-]")
 
 
-@dataclass(frozen=True, slots=True)
-class ElasticsearchOptions:
-    hosts: tuple[str, ...]  # base URLs, e.g. http://127.0.0.1:9200
-    auth: tuple[str, str] | None
-    index_pattern: str
-    verify: ssl.SSLContext | bool
-    refresh: str
-    timeout_s: float
-
-
-def parse_url(url: str, variable: str) -> ElasticsearchOptions:
-    parts = urlsplit(url)
-    scheme = "https" if parts.scheme.endswith("https") else "http"
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    options = dict(parse_qsl(parts.query))
-    unknown = set(options) - {"index_pattern", "ca_file", "verify", "refresh", "timeout"}
-    if unknown:
-        raise ConfigurationError(
-            f"{variable}={redact(url)!r}: unknown option(s) {', '.join(sorted(unknown))}; "
-            "known: index_pattern, ca_file, verify, refresh, timeout"
-        )
-    pattern = options.get("index_pattern", DEFAULT_INDEX_PATTERN)
-    if pattern.count("%s") != 1:
-        raise ConfigurationError(
-            f"{variable}: index_pattern {pattern!r} must contain %s once (the namespace)"
-        )
-    return ElasticsearchOptions(
-        hosts=tuple(f"{scheme}://{h}" for h in hostlist.split(",") if h),
-        auth=_auth(userinfo),
-        index_pattern=pattern,
-        verify=_verify(options),
-        refresh=options.get("refresh", "true"),
-        timeout_s=float(options.get("timeout", "10")),
-    )
-
-
-def _auth(userinfo: str) -> tuple[str, str] | None:
-    if not userinfo:
-        return None
-    user, _, password = userinfo.partition(":")
-    return unquote(user), unquote(password)
-
-
-def _verify(options: dict[str, str]) -> ssl.SSLContext | bool:
-    if options.get("verify", "true").lower() in ("false", "0", "no"):
-        return False
-    ca_file = options.get("ca_file")
-    return ssl.create_default_context(cafile=ca_file) if ca_file else True
-
-
 class ElasticsearchActivationStore(BatchedActivationStore):
     """Activation records in per-namespace indices, written with `_bulk`."""
 
@@ -145,7 +92,7 @@ class ElasticsearchActivationStore(BatchedActivationStore):
         # Bulk requests of ~1,000 documents are what both servers' guides recommend.
         options.setdefault("batch_size", 1000)
         super().__init__(**options)
-        self._options = parse_url(url, variable)
+        self._options = parse_elasticsearch_url(url, variable)
         self._where = f"Elasticsearch {redact(url)} ({variable})"
         self._host = 0
         self._client: httpx.AsyncClient | None = None

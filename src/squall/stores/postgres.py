@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -42,6 +40,7 @@ from squall.abc import (
 )
 from squall.errors import ConflictError, DependencyUnavailable, StoreError
 from squall.stores.base import BatchedActivationStore
+from squall.stores.options import parse_postgres_url
 from squall.stores.rows import (
     PURGE_CHUNK,
     STATS_WINDOW,
@@ -49,14 +48,13 @@ from squall.stores.rows import (
     dumps,
     now_ms,
 )
-from squall.stores.select import redact
+from squall.stores.urls import redact
 
 __all__ = ["PostgresActivationStore", "PostgresEntityStore"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SQUALL_OPTIONS = ("schema", "pool_min", "pool_max", "pool_timeout")
 Migration = tuple[str, ...]
 
 # Serialises migrations of one database across processes starting at once.
@@ -126,45 +124,11 @@ ACTIVATION_MIGRATIONS: tuple[Migration, ...] = (
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PostgresOptions:
-    conninfo: str
-    schema: str
-    pool_min: int
-    pool_max: int
-    pool_timeout: float
-
-
-def parse_url(url: str, variable: str) -> PostgresOptions:
-    """Split Squall's options off a postgresql:// URL; the rest is libpq's."""
-    parts = urlsplit(url)
-    ours = dict.fromkeys(SQUALL_OPTIONS, "")
-    theirs = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in ours:
-            ours[key] = value
-        else:
-            theirs.append((key, value))
-    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
-    try:
-        return PostgresOptions(
-            conninfo=conninfo,
-            schema=ours["schema"] or "public",
-            pool_min=int(ours["pool_min"] or 1),
-            pool_max=int(ours["pool_max"] or 10),
-            pool_timeout=float(ours["pool_timeout"] or 5.0),
-        )
-    except ValueError as exc:
-        raise StoreError(
-            f"{variable}={redact(url)!r}: pool_min, pool_max and pool_timeout must be numbers"
-        ) from exc
-
-
 class _Database:
     """A connection pool, the schema migrations of one component, and error translation."""
 
     def __init__(self, url: str, variable: str, component: str, migrations: Sequence[Migration]):
-        self.options = parse_url(url, variable)
+        self.options = parse_postgres_url(url, variable)
         self.where = f"PostgreSQL {redact(url)} ({variable})"
         self._component = component
         self._migrations = migrations

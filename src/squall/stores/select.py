@@ -18,10 +18,12 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 from squall.abc import ActivationStore, EntityStore
 from squall.errors import ConfigurationError
+from squall.stores.options import parse_elasticsearch_url, parse_postgres_url
+from squall.stores.urls import redact as redact  # re-exported: select.redact
 
 Role = Literal["entity", "activation"]
 Kind = Literal["sqlite", "postgresql", "elasticsearch"]
@@ -58,19 +60,6 @@ class StoreURL:
         return redact(self.url)
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced by `***`, safe to print and log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 def parse_store_url(url: str, variable: str, role: Role) -> StoreURL:
     """Validate a store URL for a seam; ConfigurationError naming `variable` and the fix."""
     try:
@@ -92,6 +81,10 @@ def parse_store_url(url: str, variable: str, role: Role) -> StoreURL:
             "only; set the entity store to sqlite:///... or postgresql://..."
         )
     _check_shape(kind, parts, variable, url)
+    if kind == "postgresql":
+        parse_postgres_url(url.strip(), variable)
+    elif kind == "elasticsearch":
+        parse_elasticsearch_url(url.strip(), variable)
     return StoreURL(kind, url.strip(), variable)
 
 
