@@ -39,11 +39,10 @@ from squall.stores.options import parse_elasticsearch_url
 from squall.stores.rows import (
     annotation,
     dumps,
-    duration_of,
     entity_path,
-    millis,
     record_path,
     status_code,
+    timings,
 )
 from squall.stores.urls import redact
 
@@ -194,23 +193,39 @@ class ElasticsearchActivationStore(BatchedActivationStore):
             content=bytes(lines), params={"refresh": self._options.refresh},
         )
         if answer.get("errors"):
-            raise StoreError(f"{self._where}: bulk write refused: {_first_bulk_error(answer)}")
+            self._bulk_failures(answer)
 
     def _document(self, record: JSONDict) -> bytes:
         path = record_path(record)
+        start, end, duration = timings(record)
         doc = {
             **record,
-            "@timestamp": millis(record.get("start")),
+            "@timestamp": start,
             "path": path,
             "entityPath": entity_path(
                 str(record.get("name", "")), path, annotation(record, "binding")
             ),
         }
-        if "duration" not in doc and duration_of(record) is not None:
-            doc["duration"] = duration_of(record)
+        # The mapped fields must have the mapped types, or the server refuses the document.
+        doc.update(start=start, end=end)
+        if duration is None:
+            doc.pop("duration", None)
+        else:
+            doc["duration"] = duration
         if status_code(record) is None:
-            doc.pop("statusCode", None)  # a non-integer would be refused by the mapping
+            doc.pop("statusCode", None)
         return dumps(doc).encode()
+
+    def _bulk_failures(self, answer: JSONDict) -> None:
+        """Documents the server refused for what they hold are dropped, loudly (they would fail
+        every retry); a server too busy for some makes the whole batch retry (idempotent)."""
+        failed = _failed_items(answer)
+        if any(item.get("status", 0) in (429, 502, 503, 504) for item in failed):
+            raise DependencyUnavailable(f"{self._where} is overloaded: {len(failed)} documents "
+                                        "of a bulk write were rejected for now")  # fmt: skip
+        for item in failed:
+            log.error("dropping activation %s, which %s refuses: %s", item.get("_id"),
+                      self._where, str(item.get("error"))[:300])  # fmt: skip
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -341,10 +356,7 @@ def _bucket_percentile(buckets: Sequence[tuple[float, int]], count: int, pct: fl
     return float(buckets[-1][0]) if buckets else 0.0
 
 
-def _first_bulk_error(answer: JSONDict) -> str:
-    for item in answer.get("items", []):
-        for outcome in item.values():
-            if isinstance(outcome, dict) and outcome.get("error"):
-                return f"{outcome.get('_id')}: {str(outcome['error'])[:300]}"
-    return "unknown error"
+def _failed_items(answer: JSONDict) -> list[JSONDict]:
+    return [outcome for item in answer.get("items", []) for outcome in item.values()
+            if isinstance(outcome, dict) and outcome.get("error")]  # fmt: skip
 

@@ -57,7 +57,13 @@ def entity_path(name: str, path: str, binding: Any) -> str:
 
 
 def millis(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) else 0
+    return _integer(value) or 0
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if math.isfinite(value) else None
 
 
 def status_code(record: JSONDict) -> int | None:
@@ -65,7 +71,9 @@ def status_code(record: JSONDict) -> int | None:
     value = response.get("statusCode") if isinstance(response, dict) else None
     if value is None:
         value = record.get("statusCode")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    return value if -(2**31) <= value < 2**31 else None  # an INTEGER column's range
 
 
 def record_path(record: JSONDict) -> str:
@@ -77,11 +85,21 @@ def record_path(record: JSONDict) -> str:
 
 
 def duration_of(record: JSONDict) -> int | None:
-    duration = record.get("duration")
-    if isinstance(duration, int | float):
-        return int(duration)
+    duration = _integer(record.get("duration"))
+    if duration is not None:
+        return duration
     start, end = millis(record.get("start")), millis(record.get("end"))
     return end - start if end else None
+
+
+def timings(record: JSONDict) -> tuple[int, int, int | None]:
+    """(start, end, duration) as stored; ValueError when one is beyond a 64-bit integer, which
+    no store could index: such a record would fail every batch it joined."""
+    values = (millis(record.get("start")), millis(record.get("end")), duration_of(record))
+    for value in values:
+        if value is not None and not -(2**63) <= value < 2**63:
+            raise ValueError(f"a time of activation {record.get('activationId')} is out of range")
+    return values
 
 
 def activation_row(record: JSONDict) -> tuple[Any, ...]:
@@ -90,8 +108,7 @@ def activation_row(record: JSONDict) -> tuple[Any, ...]:
     name = str(record.get("name", ""))
     path = record_path(record)
     listed_as = entity_path(name, path, annotation(record, "binding"))
-    return (record["activationId"], namespace, name, path, listed_as,
-            millis(record.get("start")), millis(record.get("end")), duration_of(record),
+    return (record["activationId"], namespace, name, path, listed_as, *timings(record),
             status_code(record), dumps(record))  # fmt: skip
 
 
