@@ -154,6 +154,8 @@ def local_postgres() -> LocalPostgres:
     """A new, initialised but not started PostgreSQL cluster (skips or fails when missing)."""
     bin_dir = postgres_bin_dir()
     require(bin_dir is not None, "PostgreSQL server binaries (apt-get install postgresql)")
+    require(os.geteuid() != 0 or _user_exists("postgres"),
+            "a 'postgres' user to run PostgreSQL as (root cannot; Debian's package creates it)")
     require(_importable("psycopg_pool"), "psycopg and psycopg_pool (pip install -e '.[dev]')")
     assert bin_dir is not None
     server = LocalPostgres(bin_dir)
@@ -187,6 +189,16 @@ def osmem_server_process() -> Iterator[LocalOsmem]:
         yield server
     finally:
         server.stop()
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _importable(module: str) -> bool:

@@ -28,6 +28,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -122,7 +123,13 @@ class ElasticsearchActivationStore(BatchedActivationStore):
                 timeout=self._options.timeout_s,
                 headers={"content-type": "application/json", "accept": "application/json"},
             )
-        template = {"index_patterns": [self._all_indices], "template": {"mappings": _MAPPINGS}}
+        template = {
+            "index_patterns": [self._all_indices],
+            # Above the default 0, so another template matching the same names at equal
+            # priority cannot make index creation fail.
+            "priority": 200,
+            "template": {"mappings": _MAPPINGS},
+        }
         await self._call("PUT", f"/_index_template/{self._template_name()}", "installing the "
                          "index template", json=template)  # fmt: skip
 
@@ -230,7 +237,8 @@ class ElasticsearchActivationStore(BatchedActivationStore):
     # -- reads ---------------------------------------------------------------------------------
 
     async def _get(self, namespace: str, activation_id: str) -> JSONDict | None:
-        answer = await self._call("GET", f"/{self.index_for(namespace)}/_doc/{activation_id}",
+        doc = quote(activation_id, safe="")
+        answer = await self._call("GET", f"/{self.index_for(namespace)}/_doc/{doc}",
                                   "reading an activation", allow=(404,))  # fmt: skip
         source = answer.get("_source") if answer.get("found") else None
         if not isinstance(source, dict) or source.get("namespace") != namespace:
