@@ -1,4 +1,4 @@
-"""Plumbing shared by the server-backed activation stores (PostgreSQL, Elasticsearch).
+"""Plumbing shared by every activation store (SQLite, PostgreSQL, Elasticsearch).
 
 `BatchedActivationStore` owns what every such backend needs and none should write twice: the
 pending records (visible to `get` at once), the background flush with backoff, the bounded

@@ -150,5 +150,4 @@ def activation_store(store: StoreURL, data_dir: Path, **options: Any) -> Activat
         return ElasticsearchActivationStore(store.url, variable=store.variable, **options)
     from squall.stores.sqlite import SqliteActivationStore
 
-    options.pop("max_pending", None)  # SQLite is local: nothing to buffer an outage for
     return SqliteActivationStore(sqlite_path(store, data_dir), **options)

@@ -26,7 +26,6 @@ import orjson
 
 from squall.abc import (
     ActivationQuery,
-    ActivationStore,
     DurationStats,
     EntityStore,
     JSONDict,
@@ -35,7 +34,7 @@ from squall.abc import (
     SubjectRecord,
 )
 from squall.errors import ConflictError, StoreError
-from squall.stores.base import wait_event as _wait
+from squall.stores.base import BatchedActivationStore
 from squall.stores.rows import PURGE_CHUNK, STATS_WINDOW, activation_row
 from squall.stores.rows import dumps as _dumps
 from squall.stores.rows import now_ms as _now_ms
@@ -537,11 +536,12 @@ _ACTIVATION_UPSERT = """INSERT OR REPLACE INTO activations
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
-class SqliteActivationStore(ActivationStore):
+class SqliteActivationStore(BatchedActivationStore):
     """Activation records in one SQLite file, written in batches off the event loop.
 
     `store` only files the record in memory; a background task writes what is pending every
-    `flush_interval_s`, or as soon as `batch_size` records wait, one transaction per batch.
+    `flush_interval_s`, or as soon as `batch_size` records wait, one transaction per batch
+    (the batching itself is `BatchedActivationStore`'s, shared with the server backends).
     Reads see pending records at once. The store owns a record once it is handed over: callers
     must not mutate it afterwards.
 
@@ -550,101 +550,50 @@ class SqliteActivationStore(ActivationStore):
     (or package binding) `pkg`. A bare name does not match packaged actions.
     """
 
-    def __init__(
-        self, path: Path, *, flush_interval_s: float = 0.05, batch_size: int = 500
-    ) -> None:
-        if flush_interval_s <= 0 or batch_size < 1:
-            raise ValueError("flush_interval_s must be > 0 and batch_size >= 1")
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(**options)
         self._db = _Database(path, "activations", ACTIVATION_MIGRATIONS)
-        self._interval = flush_interval_s
-        self._batch_size = batch_size
-        self._pending: dict[str, JSONDict] = {}
-        self._batch_full = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._flusher: asyncio.Task[None] | None = None
-        self._closed = False
 
     @property
     def path(self) -> Path:
         return self._db.path
 
     @property
-    def pending_count(self) -> int:
-        """Records accepted but not yet written (a gauge worth exporting)."""
-        return len(self._pending)
+    def description(self) -> str:
+        return f"SQLite activation store {self.path}"
 
-    async def start(self) -> None:
+    async def _connect(self) -> None:
         await self._db.open()
-        self._flusher = asyncio.create_task(self._flush_loop(), name="squall-activation-flush")
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._stopping.set()
-        self._batch_full.set()  # wakes the flush loop so it sees _stopping now
-        try:
-            # A flusher cancelled by loop shutdown has nothing to finish; ours still flushes.
-            if self._flusher is not None and not self._flusher.cancelled():
-                await self._flusher
-            if self._pending:
-                await self.flush()
-        finally:
-            await self._db.close()
+    async def _disconnect(self) -> None:
+        await self._db.close()
 
-    def store(self, record: JSONDict) -> None:
-        if self._closed:
-            raise StoreError(
-                f"SQLite activation store {self.path} is closed; activation "
-                f"{record.get('activationId')} was not stored"
-            )
-        self._pending[record["activationId"]] = record
-        if len(self._pending) >= self._batch_size:
-            self._batch_full.set()
+    async def _write(self, batch: Sequence[JSONDict]) -> None:
+        await self._db.run("writing activation records", _activations_write, batch)
 
-    async def flush(self) -> None:
-        # The lock makes a flush wait for one in progress, then write what that one left.
-        async with self._flush_lock:
-            snapshot = list(self._pending.values())
-            for first in range(0, len(snapshot), self._batch_size):
-                batch = snapshot[first:first + self._batch_size]
-                await self._db.run("writing activation records", _activations_write, batch)
-                self._forget(batch)
-
-    async def get(self, namespace: str, activation_id: str) -> JSONDict | None:
-        record = self._pending.get(activation_id)
-        if record is not None:
-            return dict(record) if record.get("namespace") == namespace else None
+    async def _get(self, namespace: str, activation_id: str) -> JSONDict | None:
         return await self._db.run(
             "reading an activation", _activation_get, namespace, activation_id
         )
 
-    async def list(self, query: ActivationQuery) -> list[JSONDict]:
-        await self._flush_pending()
+    async def _list(self, query: ActivationQuery) -> list[JSONDict]:
         return await self._db.run("listing activations", _activations_list, query)
 
-    async def count(self, query: ActivationQuery) -> int:
-        await self._flush_pending()
+    async def _count(self, query: ActivationQuery) -> int:
         return await self._db.run("counting activations", _activations_count, query)
 
-    async def duration_stats(
+    async def _duration_stats(
         self, namespace: str, path: str, since_ms: int
     ) -> DurationStats | None:
         """Stats over the most recent 10,000 records whose `namespace` (the invoking namespace,
         as OpenWhisk's duration checker queries per invocation namespace) and `path`
         annotation match, started at or after `since_ms`. Percentiles are nearest-rank."""
-        await self._flush_pending()
         return await self._db.run(
             "reading durations", _duration_stats, namespace, path, since_ms
         )
 
-    async def purge_before(self, before_ms: int) -> int:
-        """Delete the records that started before `before_ms`; how many were deleted.
-
-        Runs in chunks so batched writes interleave with a long purge.
-        """
-        await self._flush_pending()
+    async def _purge_before(self, before_ms: int) -> int:
+        """Delete in chunks, so batched writes interleave with a long purge."""
         total = 0
         while True:
             deleted = await self._db.run("purging activations", _activations_purge, before_ms)
@@ -653,7 +602,7 @@ class SqliteActivationStore(ActivationStore):
                 return total
 
     async def iter_records(self, page: int = 1000) -> AsyncIterator[RecordPage]:
-        await self._flush_pending()
+        await self._prepare_read()
         after = 0
         while True:
             rows = await self._db.run("exporting activations", _record_page, after, page)
@@ -661,35 +610,6 @@ class SqliteActivationStore(ActivationStore):
                 return
             after = rows[-1][0]
             yield [_loads(doc) for _, doc in rows]
-
-    async def _flush_pending(self) -> None:
-        # Reads that query the table first write what is pending, so they see it too.
-        if self._pending:
-            await self.flush()
-
-    def _forget(self, batch: Sequence[JSONDict]) -> None:
-        for record in batch:
-            key = record["activationId"]
-            # A record stored again under the same id while this batch was written stays.
-            if self._pending.get(key) is record:
-                del self._pending[key]
-
-    async def _flush_loop(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            await _wait(self._batch_full, self._interval)
-            self._batch_full.clear()
-            if not self._pending or self._stopping.is_set():
-                continue
-            try:
-                await self.flush()
-                failures = 0
-            except Exception:  # never let the writer die silently: log, back off, retry
-                failures += 1
-                log.exception("writing %d activation records failed; retrying",
-                              len(self._pending))
-                # Back off so a full disk does not turn into a busy loop; close still wakes us.
-                await _wait(self._stopping, min(self._interval * 2**failures, 5.0))
 
 
 def _activations_write(conn: sqlite3.Connection, batch: Sequence[JSONDict]) -> None:
