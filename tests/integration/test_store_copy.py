@@ -15,7 +15,7 @@ from squall.abc import ActivationQuery, StoredEntity, SubjectRecord
 from squall.cli.main import cli
 from squall.stores.postgres import PostgresEntityStore
 from squall.stores.sqlite import SqliteActivationStore, SqliteEntityStore
-from squall.testing import LocalOsmem, LocalPostgres
+from squall.testing import LocalOsmem, LocalPostgres, free_port
 from tests.contract.test_activation_store import record
 
 ACTIVATIONS = 2_500  # more than one export page
@@ -150,3 +150,19 @@ def test_standalone_refuses_a_newer_schema_in_one_line(tmp_path: Path) -> None:
     assert completed.returncode == 1, completed.stderr
     assert completed.stderr.startswith("error: database schema version 9 is newer")
     assert "Traceback" not in completed.stderr
+
+
+def test_an_unreachable_destination_is_one_error_line(tmp_path: Path) -> None:
+    source = tmp_path / "a.db"
+    seed(source)
+    dead = f"postgresql://squall:pw@127.0.0.1:{free_port()}/squall?pool_timeout=0.3"
+    result = copy(f"sqlite://{source}", dead)
+    assert result.exit_code == 1
+    assert "unreachable" in result.output and ":pw@" not in result.output
+
+
+def test_entities_cannot_go_to_elasticsearch(tmp_path: Path) -> None:
+    source = tmp_path / "a.db"
+    seed(source)
+    result = copy(f"sqlite://{source}", "elasticsearch+http://127.0.0.1:9", "--only", "entities")
+    assert result.exit_code == 1 and "activations only" in result.output

@@ -38,10 +38,14 @@ def store_group() -> None:
 def store_migrate(entity_url: str | None, activation_url: str | None) -> None:
     """Create or upgrade the schemas (tables, indexes, index templates); safe to repeat."""
     settings = _settings()
-    entity = select.parse_store_url(entity_url, "--entity-store", "entity") if entity_url else (
-        settings.entity_store_url)  # fmt: skip
-    activation = (select.parse_store_url(activation_url, "--activation-store", "activation")
-                  if activation_url else settings.activation_store_url)  # fmt: skip
+    entity = settings.entity_store_url
+    if entity_url:
+        entity = _configured(lambda: select.parse_store_url(entity_url, "--entity-store", "entity"))
+    activation = settings.activation_store_url
+    if activation_url:
+        activation = _configured(
+            lambda: select.parse_store_url(activation_url, "--activation-store", "activation")
+        )
     entities = _configured(lambda: select.entity_store(entity, settings.data_dir))
     activations = _configured(lambda: select.activation_store(activation, settings.data_dir))
     _run(_migrate(entities, activations))
@@ -62,7 +66,7 @@ async def _migrate(entities: EntityStore, activations: ActivationStore) -> None:
 @click.option("--from", "source_url", required=True, metavar="URL", help="Store to read.")
 @click.option("--to", "target_url", required=True, metavar="URL", help="Store to write.")
 @click.option("--only", type=click.Choice(["entities", "activations"]),
-              help="Copy one kind only (default: everything both stores can hold).")  # fmt: skip
+              help="Copy one kind only (default: everything both stores can hold).")
 def store_copy(source_url: str, target_url: str, only: str | None) -> None:
     """Copy entities, credentials and activations from one store to another.
 
@@ -78,6 +82,9 @@ def store_copy(source_url: str, target_url: str, only: str | None) -> None:
         raise CliError(f"--from {source.redacted}: no such SQLite file")
     kinds = {only} if only else {"entities", "activations"}
     if "elasticsearch" in (source.kind, target.kind):
+        if only == "entities":
+            raise CliError("Elasticsearch holds activations only; entities need SQLite or "
+                           "PostgreSQL on both sides")  # fmt: skip
         kinds.discard("entities")
     click.echo(f"copying {', '.join(sorted(kinds))} from {source.redacted} to {target.redacted}")
     report = _run(_copy(source, target, kinds, settings.data_dir))
@@ -98,11 +105,11 @@ async def _copy(
     if "entities" in kinds:
         src = select.entity_store(_as_entity(source), data_dir)
         dst = select.entity_store(_as_entity(target), data_dir)
-        await _with_started((src, dst), copy_entities(src, dst, report))
+        await _with_started((src, dst), lambda: copy_entities(src, dst, report))
     if "activations" in kinds:
         src_a = select.activation_store(source, data_dir)
         dst_a = select.activation_store(target, data_dir)
-        await _with_started((src_a, dst_a), copy_activations(src_a, dst_a, report))
+        await _with_started((src_a, dst_a), lambda: copy_activations(src_a, dst_a, report))
     return report
 
 
@@ -112,8 +119,9 @@ def _as_entity(store: select.StoreURL) -> select.StoreURL:
 
 async def _with_started(
     stores: tuple[EntityStore, EntityStore] | tuple[ActivationStore, ActivationStore],
-    work: Awaitable[None],
+    work: Callable[[], Awaitable[None]],
 ) -> None:
+    """Run `work` with both stores started; every started store is closed afterwards."""
     started: list[EntityStore | ActivationStore] = []
     try:
         for store in stores:
@@ -122,7 +130,7 @@ async def _with_started(
                 await _start_activations(store)
             else:
                 await store.start()
-        await work
+        await work()
     finally:
         for store in reversed(started):
             await store.close()
