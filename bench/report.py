@@ -416,6 +416,55 @@ def alarms_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+STORE_NAMES = (
+    ("sqlite", "SQLite"), ("postgresql", "PostgreSQL"), ("opensearch", "OpenSearch (osmem)"),
+)
+
+
+def stores_section(results: dict[str, Any]) -> list[str]:
+    phase = results.get("stores")
+    if not phase:
+        return []
+    seeded = phase.get("seeded") or {}
+    intro = (
+        "Activation stores, one run, SQLite as the baseline (÷ SQLite: the backend's figure "
+        "divided by SQLite's). Writes: records handed to `store()` and flushed in the stores' "
+        f"own batches ({fmt(dig(results, ('plan', 'store_write_records')))} records). Queries "
+        f"through the store API on {fmt(seeded.get('records'))} records seeded in bulk (100 "
+        "actions, 30 days), each a p50 over "
+        f"{fmt(dig(results, ('plan', 'store_query_calls')))} random calls; duration "
+        "statistics: one action over the last day. OpenSearch is osmem, an in-memory test "
+        "server: its figures show the adapter's batching and queries, not a cluster's speed."
+    )
+    headers = ("Backend", "Writes records/s", "÷ SQLite", "store() µs", "List by name p50 ms",
+               "p99 ms", "List name+range p50 ms", "p99 ms", "÷ SQLite",
+               "Duration stats p50 ms", "÷ SQLite", "Seed s")  # fmt: skip
+    measured = phase.get("writes") or {}
+    rows = [store_row(phase, key, label) for key, label in STORE_NAMES if key in measured]
+    return ["### Activation stores", "", intro, "", *table(headers, rows)]
+
+
+def store_row(phase: dict[str, Any], key: str, label: str) -> list[Any]:
+    writes = (phase.get("writes") or {}).get(key) or {}
+    base_w = ((phase.get("writes") or {}).get("sqlite") or {}).get("records_per_s")
+    seeded = (phase.get("seeded") or {}).get(key) or {}
+    base = (phase.get("seeded") or {}).get("sqlite") or {}
+    if key == "opensearch":  # queried over the records it wrote: no ratio to the 1M stores
+        seeded, base = phase.get("opensearch_queries") or {}, {}
+        label = f"{label}, {fmt(seeded.get('records'))} records"
+    stats = seeded.get("duration_stats") or {}
+    stats_base = (base.get("duration_stats") or {}).get("p50_ms")
+    name, window = seeded.get("list_by_name") or {}, seeded.get("list_by_name_and_time") or {}
+    return [
+        label, fmt(writes.get("records_per_s"), 0), ratio(writes.get("records_per_s"), base_w),
+        fmt(writes.get("store_call_us")), fmt(name.get("p50_ms")), fmt(name.get("p99_ms")),
+        fmt(window.get("p50_ms")), fmt(window.get("p99_ms")),
+        ratio(window.get("p50_ms"), (base.get("list_by_name_and_time") or {}).get("p50_ms")),
+        fmt(stats.get("p50_ms")), ratio(stats.get("p50_ms"), stats_base),
+        fmt(dig(phase, ("seeded", "seed_s", key))),
+    ]  # fmt: skip
+
+
 def settings_section(results: dict[str, Any]) -> list[str]:
     rows = []
     for key in (
@@ -507,7 +556,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     for section in (
         targets_section, misses_section, latency_section, throughput_section, cold_section,
-        memory_section, alarms_section, notes_section, settings_section, machine_section,
+        memory_section, alarms_section, stores_section, notes_section, settings_section,
+        machine_section,
     ):  # fmt: skip
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from bench import alarms, throughput
+from bench import alarms, stores, throughput
 from bench.api import ACTIONS, Invocation, SquallClient
 from bench.loadgen import LoadgenProcess, Target
 from bench.procinfo import cpu_per_op, cpu_snapshot, tree_memory
@@ -64,6 +64,9 @@ class Plan:
     alarm_window_s: float = 50.0
     alarm_stop_margin_s: float = 2.0
     alarm_boot_timeout_s: float = 180.0
+    store_write_records: int = 20_000
+    store_seed_records: int = 1_000_000
+    store_query_calls: int = 300
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +82,9 @@ SMOKE = replace(
     alarm_window_s=5.0,
     alarm_stop_margin_s=1.0,
     alarm_boot_timeout_s=60.0,
+    store_write_records=500,
+    store_seed_records=5_000,
+    store_query_calls=20,
 )
 
 
@@ -264,4 +270,5 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "alarms_inactive_rules": alarms.phase_alarms_inactive,
     "alarms_spread": alarms.phase_alarms_spread,
     "alarms_apscheduler": alarms.phase_apscheduler,
+    "stores": stores.phase_stores,
 }

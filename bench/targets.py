@@ -93,6 +93,19 @@ GOALS = (
         ">=", 1000.0,
         ("alarms_inactive_rules", "fires_per_s"), ("alarms_apscheduler", "fires_per_s"),
     ),
+    *(
+        Goal(
+            f"stores_{backend}_{key}", f"Stores, {{seeded}} records, {label}: {what} p50",
+            "ms", "<=", 5.0,
+            ("stores", "seeded", backend, key, "p50_ms"),
+            ("stores", "seeded", "sqlite", key, "p50_ms"),
+        )
+        for backend, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL"))
+        for key, what in (
+            ("list_by_name_and_time", "list by name and 6-hour range"),
+            ("list_by_name", "list by name (newest 30)"),
+        )
+    ),
 )  # fmt: skip
 
 
@@ -123,7 +136,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "key": goal.key,
                 "label": goal.label.format(
-                    clients=clients, alarms=f"{alarms:,}", rate=f"{firing / 60:,.0f}"
+                    clients=clients, alarms=f"{alarms:,}", rate=f"{firing / 60:,.0f}",
+                    seeded=f"{dig(results, ('plan', 'store_seed_records')) or 0:,}",
                 ),
                 "unit": goal.unit,
                 "op": goal.op,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from squall.config import InvokerSettings, Settings, SystemLimits
 from squall.platform import Platform, build_platform
+from squall.testing import LocalOsmem, LocalPostgres, osmem_binary, postgres_bin_dir
 
 GUEST_UUID = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502"
 GUEST_KEY = "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"
@@ -146,3 +148,58 @@ async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[h
         srv: ServerProcess = request.getfixturevalue("server")
         async with httpx.AsyncClient(base_url=srv.url, auth=auth, timeout=30) as client:
             yield client
+
+
+def local_postgres() -> LocalPostgres:
+    """A new, initialised but not started PostgreSQL cluster (skips or fails when missing)."""
+    bin_dir = postgres_bin_dir()
+    require(bin_dir is not None, "PostgreSQL server binaries (apt-get install postgresql)")
+    require(os.geteuid() != 0 or _user_exists("postgres"),
+            "a 'postgres' user to run PostgreSQL as (root cannot; Debian's package creates it)")
+    require(_importable("psycopg_pool"), "psycopg and psycopg_pool (pip install -e '.[dev]')")
+    assert bin_dir is not None
+    server = LocalPostgres(bin_dir)
+    try:
+        server.init()
+    except BaseException:
+        server.remove()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One PostgreSQL for the session; tests isolate themselves with a schema each."""
+    server = local_postgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(scope="session")
+def osmem_server_process() -> Iterator[LocalOsmem]:
+    binary = osmem_binary()
+    require(binary is not None, "osmem-server (pip install osmem-server)")
+    assert binary is not None
+    server = LocalOsmem(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from squall.messages import ActivationMessage, QueueKey
 
 JSONDict = dict[str, Any]
+RecordPage = list[JSONDict]  # a page of activation records (`list` is a method name below)
 
 # ---------------------------------------------------------------------------------------------
 # Entity store: namespaces' keys and every named entity (actions, packages, triggers, rules).
@@ -176,6 +177,20 @@ class EntityStore(abc.ABC):
     async def delete_subject(self, namespace: str) -> bool:
         """Remove a namespace's credentials; False when absent."""
 
+    # -- export and import, for `squall store copy` ----------------------------------------------
+
+    @abc.abstractmethod
+    def iter_entities(self) -> AsyncIterator[StoredEntity]:
+        """Every entity of every collection, oldest write first."""
+
+    @abc.abstractmethod
+    def iter_subjects(self) -> AsyncIterator[SubjectRecord]:
+        """Every namespace's credentials."""
+
+    @abc.abstractmethod
+    async def restore(self, entity: StoredEntity) -> StoredEntity:
+        """Create an entity at its stored revision; ConflictError when the name is taken."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Activation store: records, logs and duration statistics.
@@ -244,6 +259,14 @@ class ActivationStore(abc.ABC):
         self, namespace: str, path: str, since_ms: int
     ) -> DurationStats | None:
         """Durations of the action at `path` (`ns/[pkg/]name`) since `since_ms`; None if none."""
+
+    @abc.abstractmethod
+    async def purge_before(self, before_ms: int) -> int:
+        """Delete the records that started before `before_ms` (retention); how many went."""
+
+    @abc.abstractmethod
+    def iter_records(self, page: int = 1000) -> AsyncIterator[RecordPage]:
+        """Every record, in pages, oldest start first (for `squall store copy`)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from squall.errors import ConfigurationError
+from squall.stores.select import StoreURL, parse_store_url
 
 
 @dataclass(slots=True, frozen=True)
@@ -56,6 +58,9 @@ class SchedulerSettings:
     throttling_fraction: float = 0.9
     duration_buffer_size: int = 10
     idle_grace_s: float = 20.0
+    # How far back the activation store's duration statistics look when a queue is created
+    # (OpenWhisk's `whisk.duration-checker.time-window`, 1 day in its charts).
+    duration_window_s: float = 86_400.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -65,6 +70,19 @@ class InvokerSettings:
     user_memory_mb: int = 4096
     prewarm_count: int = 2
     idle_container_s: float = 600.0
+
+
+@dataclass(slots=True, frozen=True)
+class StoreSettings:
+    """Where entities and activations live, and how long activations are kept."""
+
+    entity_store: str | None = None  # a URL; None is SQLite in the data dir
+    activation_store: str | None = None
+    # The settings the URLs came from, named in every error about them.
+    entity_variable: str = "SQUALL_ENTITY_STORE"
+    activation_variable: str = "SQUALL_ACTIVATION_STORE"
+    retention_s: float | None = None  # None keeps activations forever, as OpenWhisk does
+    buffer_max: int = 100_000  # activation records held while a store is unreachable
 
 
 @dataclass(slots=True, frozen=True)
@@ -79,11 +97,23 @@ class Settings:
     limits: SystemLimits = field(default_factory=SystemLimits)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     invoker: InvokerSettings = field(default_factory=InvokerSettings)
+    stores: StoreSettings = field(default_factory=lambda: StoreSettings())
 
     @property
     def database_path(self) -> Path:
         """The embedded SQLite file."""
         return self.data_dir / "squall.db"
+
+    @property
+    def entity_store_url(self) -> StoreURL:
+        """The entity store's URL (`sqlite://`: the data dir's file, when unset)."""
+        return parse_store_url(self.stores.entity_store or "sqlite://", self.stores.entity_variable,
+                               "entity")  # fmt: skip
+
+    @property
+    def activation_store_url(self) -> StoreURL:
+        return parse_store_url(self.stores.activation_store or "sqlite://",
+                               self.stores.activation_variable, "activation")  # fmt: skip
 
     def with_overrides(self, **values: Any) -> Settings:
         """A copy with top-level values replaced (None means keep), e.g. from CLI flags."""
@@ -132,9 +162,115 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             top[attr] = _convert(var, env[var], kind)
     limits = {a: _convert(v, env[v], int) for v, a in _ENV_LIMITS.items() if env.get(v)}
     invoker = {a: _convert(v, env[v], int) for v, a in _ENV_INVOKER.items() if env.get(v)}
-    settings = Settings(**top, limits=SystemLimits(**limits), invoker=InvokerSettings(**invoker))
+    settings = Settings(**top, limits=SystemLimits(**limits), invoker=InvokerSettings(**invoker),
+                        stores=store_settings(env))  # fmt: skip
     validate(settings)
     return settings
+
+
+# OpenWhisk's names for the Elasticsearch activation store: the helm chart's environment form
+# and the dotted keys of its application.conf.
+_OW_BACKEND = ("activationStoreBackend", "ACTIVATION_STORE_BACKEND")
+_OW_PROVIDER = ("CONFIG_whisk_spi_ActivationStoreProvider", "whisk.spi.ActivationStoreProvider")
+_OW_ES_KEYS = {
+    key: (f"CONFIG_whisk_activationStore_elasticsearch_{camel}",
+          f"whisk.activation-store.elasticsearch.{dotted}")
+    for key, camel, dotted in (
+        ("protocol", "protocol", "protocol"),
+        ("hosts", "hosts", "hosts"),
+        ("index_pattern", "indexPattern", "index-pattern"),
+        ("username", "username", "username"),
+        ("password", "password", "password"),
+    )
+}  # fmt: skip
+_COUCHDB_FIX = (
+    "CouchDB is not supported as Squall's activation store; set SQUALL_ACTIVATION_STORE="
+    "postgresql://user:password@host:5432/squall, or elasticsearch+http://host:9200 "
+    "(activationStoreBackend=ElasticSearch with CONFIG_whisk_activationStore_elasticsearch_hosts)"
+)
+
+
+def store_settings(env: Mapping[str, str]) -> StoreSettings:
+    """SQUALL_*_STORE URLs, else OpenWhisk's activation-store keys, plus retention."""
+    activation, variable = env.get("SQUALL_ACTIVATION_STORE"), "SQUALL_ACTIVATION_STORE"
+    if not activation:
+        activation, variable = _openwhisk_activation_store(env) or (None, variable)
+    retention = env.get("SQUALL_ACTIVATION_RETENTION")
+    buffer_max = env.get("SQUALL_ACTIVATION_BUFFER_MAX")
+    return StoreSettings(
+        entity_store=env.get("SQUALL_ENTITY_STORE") or None,
+        activation_store=activation,
+        activation_variable=variable,
+        retention_s=parse_duration("SQUALL_ACTIVATION_RETENTION", retention) if retention else None,
+        buffer_max=(
+            _convert("SQUALL_ACTIVATION_BUFFER_MAX", buffer_max, int) if buffer_max else 100_000
+        ),
+    )
+
+
+def _first(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
+    for name in names:
+        if env.get(name):
+            return name, env[name]
+    return None
+
+
+def _openwhisk_activation_store(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """A store URL from OpenWhisk's keys, and the key to name in messages; None if unset."""
+    backend = _first(env, _OW_BACKEND)
+    provider = _first(env, _OW_PROVIDER)
+    es = {key: found for key, names in _OW_ES_KEYS.items() if (found := _first(env, names))}
+    for chosen in (backend, provider):
+        if chosen and ("couch" in chosen[1].lower() or "artifact" in chosen[1].lower()):
+            raise ConfigurationError(f"{chosen[0]}={chosen[1]}: {_COUCHDB_FIX}")
+    if backend and backend[1].lower() != "elasticsearch":
+        raise ConfigurationError(
+            f"{backend[0]}={backend[1]!r} is not a known activation store backend; use "
+            "ElasticSearch, or set SQUALL_ACTIVATION_STORE to a URL"
+        )
+    if not (backend or provider or es):
+        return None
+    if "hosts" not in es:
+        raise ConfigurationError(
+            f"{(backend or provider or ('', ''))[0] or 'the Elasticsearch keys'} select "
+            "Elasticsearch but no hosts are set; set "
+            "CONFIG_whisk_activationStore_elasticsearch_hosts=host:9200 (or "
+            "SQUALL_ACTIVATION_STORE=elasticsearch+http://host:9200)"
+        )
+    return _elasticsearch_url({k: v for k, (_, v) in es.items()}), es["hosts"][0]
+
+
+def _elasticsearch_url(values: dict[str, str]) -> str:
+    protocol = values.get("protocol", "http").lower()
+    userinfo = ""
+    if values.get("username"):
+        userinfo = quote(values["username"], safe="")
+        if values.get("password"):
+            userinfo += ":" + quote(values["password"], safe="")
+        userinfo += "@"
+    hosts = ",".join(h.strip() for h in values["hosts"].split(",") if h.strip())
+    pattern = values.get("index_pattern")
+    query = urlencode({"index_pattern": pattern}) if pattern else ""
+    return f"elasticsearch+{protocol}://{userinfo}{hosts}" + (f"?{query}" if query else "")
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `12h` or `30d`."""
+    text = raw.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a duration; write e.g. 30d, 12h, 15m or 3600 (seconds)"
+        ) from exc
+    if seconds <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be positive (e.g. 30d)")
+    return seconds
 
 
 def validate(settings: Settings) -> None:
@@ -156,6 +292,13 @@ def validate(settings: Settings) -> None:
             problems.append(f"limit {f.name}={value} must not be negative")
     if settings.invoker.prewarm_count < 0:
         problems.append("SQUALL_PREWARM_COUNT must be 0 or more")
+    if settings.stores.buffer_max < 1_000:
+        problems.append("SQUALL_ACTIVATION_BUFFER_MAX must be at least 1000")
+    for seam in ("entity_store_url", "activation_store_url"):
+        try:
+            getattr(settings, seam)  # parsing is the check
+        except ConfigurationError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigurationError("invalid configuration:\n  - " + "\n  - ".join(problems))
 

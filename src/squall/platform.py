@@ -6,6 +6,7 @@ still controller -> bus -> scheduler queue -> invoker -> sandbox, exactly as in 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
@@ -23,10 +24,12 @@ from squall.controller.auth import Authenticator, generate_auth, subject_record,
 from squall.controller.feeds import AlarmFeeds
 from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
+from squall.errors import DependencyUnavailable
 from squall.invoker.service import InvokerService
 from squall.sandbox.process import ProcessSandboxFactory
 from squall.scheduler.service import SchedulerService
-from squall.stores.sqlite import SqliteActivationStore, SqliteEntityStore
+from squall.stores import select
+from squall.stores.retention import RetentionService
 
 log = logging.getLogger("squall")
 
@@ -49,43 +52,50 @@ class Platform:
     controller: ControllerService
     auth: Authenticator
     alarms: AlarmService
+    retention: RetentionService
     app: ASGIApp
     guest_auth: str = field(default="", repr=False)
     warnings: list[str] = field(default_factory=list)
 
     async def start(self) -> None:
         prepare_data_dir(self.settings.data_dir)
+        await start_with_retry(self.entities, "entity store")
         for component in (
-            self.entities,
-            self.activations,
+            self.activations,  # an unreachable one buffers records and reconnects by itself
             self.bus,
             self.coordinator,
             self.sandboxes,
         ):
             await component.start()
         self.guest_auth = await ensure_guest(self.settings, self.entities)
+        await self.retention.start()
         await self.scheduler.start()
         await self.invoker.start()
         await self.controller.start()
         await self.alarms.start()  # last: its fires go through the controller
 
     async def close(self) -> None:
-        await self.alarms.close()
-        await self.controller.close()
-        await self.invoker.close()
-        await self.scheduler.close()
-        await self.sandboxes.close()
-        await self.coordinator.close()
-        await self.bus.close()
-        await self.activations.close()
-        await self.entities.close()
+        """Stop in reverse start order; every component is closed even if one fails (an
+        activation store that cannot write its last records raises after the rest closed)."""
+        first_error: BaseException | None = None
+        for component in (self.alarms, self.controller, self.invoker, self.scheduler,
+                          self.retention, self.sandboxes, self.coordinator, self.bus,
+                          self.activations, self.entities):  # fmt: skip
+            try:
+                await component.close()
+            except Exception as exc:
+                log.error("closing %s failed: %s", type(component).__name__, exc)
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
 
 def build_platform(settings: Settings) -> Platform:
     """All components for `settings`, not yet started."""
-    db = settings.database_path
-    entities = SqliteEntityStore(db)
-    activations = SqliteActivationStore(db)
+    entities = select.entity_store(settings.entity_store_url, settings.data_dir)
+    activations = select.activation_store(
+        settings.activation_store_url, settings.data_dir, max_pending=settings.stores.buffer_max
+    )
     bus = MemoryBus()
     coordinator = LocalCoordinator()
     sandboxes = ProcessSandboxFactory(sandbox_root())
@@ -138,9 +148,30 @@ def build_platform(settings: Settings) -> Platform:
         controller,
         auth,
         alarms,
+        RetentionService(activations, settings.stores.retention_s),
         app,
         warnings=warnings,
     )
+
+
+async def start_with_retry(
+    component: EntityStore, what: str, *, max_backoff_s: float = 10.0
+) -> None:
+    """Start a component whose server may not be up yet: not ready, never dead.
+
+    Only DependencyUnavailable is retried (with backoff); a wrong schema or configuration is
+    raised at once, since waiting will not fix it.
+    """
+    delay = 0.5
+    while True:
+        try:
+            await component.start()
+            return
+        except DependencyUnavailable as exc:
+            log.warning("%s; the %s is retried in %.1f s, the platform is not ready until then",
+                        exc, what, delay)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
 
 
 def sandbox_root() -> Path:

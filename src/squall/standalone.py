@@ -76,6 +76,9 @@ def announce(platform: Platform) -> None:
         print(f"warning: {warning}", file=out)
     print(f"Squall standalone listening on http://{settings.host}:{settings.port}", file=out)
     print(f"data dir: {settings.data_dir}", file=out)
+    # Redacted: these lines end up in logs, and a URL may carry a password.
+    print(f"entity store: {settings.entity_store_url.redacted}", file=out)
+    print(f"activation store: {settings.activation_store_url.redacted}", file=out)
     if settings.guest_auth is not None:
         # The operator chose this key; do not echo it back into logs.
         uid = settings.guest_auth.partition(":")[0]

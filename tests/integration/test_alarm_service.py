@@ -180,6 +180,15 @@ class FlakyStore(EntityStore):
     async def delete_subject(self, namespace: str) -> bool:
         return await self.inner.delete_subject(namespace)
 
+    def iter_entities(self) -> AsyncIterator[StoredEntity]:
+        return self.inner.iter_entities()
+
+    def iter_subjects(self) -> AsyncIterator[SubjectRecord]:
+        return self.inner.iter_subjects()
+
+    async def restore(self, entity: StoredEntity) -> StoredEntity:
+        return await self.inner.restore(entity)
+
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteEntityStore]:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
+from squall.cli import store as _store_commands  # noqa: F401  (registers `squall store`)
 from squall.cli.commands import cli
 from squall.config import load_settings
-from squall.errors import ConfigurationError
+from squall.errors import ConfigurationError, SquallError
 
 
 @click.command("standalone")
@@ -29,10 +30,13 @@ def standalone(host: str | None, port: int | None, data_dir: Path | None) -> Non
     try:
         settings = load_settings().with_overrides(host=host, port=port, data_dir=data_dir)
         validate(settings)
+        run(settings)
     except ConfigurationError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    run(settings)
+    except SquallError as exc:  # e.g. a database schema newer than this Squall: one line
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 cli.add_command(standalone)

@@ -19,6 +19,8 @@ from squall.controller.errors import (
     MALFORMED_JSON,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
+    RETRY_AFTER,
+    STORE_UNAVAILABLE,
     TIMEOUT_RANGE,
     UNAUTHENTICATED,
     ApiError,
@@ -43,6 +45,7 @@ from squall.entities.activation import brief, is_activation_id
 from squall.entities.names import DEFAULT_NAMESPACE, EntityPath, IllegalName, check_name
 from squall.entities.rule import parse_status_request
 from squall.entities.trigger import Trigger
+from squall.errors import DependencyUnavailable
 
 log = logging.getLogger("squall.controller")
 
@@ -79,6 +82,10 @@ class Api:
                 return await handler(request, identity, tid)
             except ApiError as exc:
                 return error_response(exc, tid)
+            except DependencyUnavailable as exc:
+                # A store that is down is the operator's to fix and the client's to retry.
+                log.warning("%s %s (tid %s): %s", request.method, request.url.path, tid, exc)
+                return error_response(ApiError(503, STORE_UNAVAILABLE, dict(RETRY_AFTER)), tid)
             except Exception:
                 log.exception(
                     "unexpected error in %s %s (tid %s)", request.method, request.url.path, tid

@@ -11,6 +11,8 @@ TIMEOUT_RANGE = "Timeout must be number of milliseconds up to {max_ms}."
 MALFORMED_JSON = "The request content was malformed:\n{detail}"
 NOT_AN_OBJECT = "The request content was malformed: the body must be a JSON object."
 INTERNAL_ERROR = "An internal error occurred."
+STORE_UNAVAILABLE = "A store is temporarily unavailable; retry shortly."
+RETRY_AFTER = {"Retry-After": "5"}
 RESERVED_PARAMS = "Request defines parameters that are not allowed (e.g., reserved properties)."
 
 

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from squall.abc import (
     ActivationStore,
@@ -17,7 +18,7 @@ from squall.abc import (
     SandboxSpec,
 )
 from squall.config import InvokerSettings, SystemLimits
-from squall.errors import QueueGone
+from squall.errors import QueueGone, StoreError
 from squall.invoker.execute import execute
 from squall.invoker.prewarm import PrewarmPool
 from squall.messages import INVOKER_TOPIC, Completion, ContainerCreation, completed_topic
@@ -67,6 +68,14 @@ class InvokerService:
     async def start(self) -> None:
         await self.prewarm.start()
         self._subscription = self._bus.subscribe(INVOKER_TOPIC, self.invoker_id, self._received)
+
+    def _store_record(self, record: dict[str, Any]) -> None:
+        # A full buffer (the store unreachable for long) refuses the record loudly; the caller
+        # still gets its result, so the completion is published either way.
+        try:
+            self._activations.store(record)
+        except StoreError as exc:
+            log.error("activation record not stored: %s", exc)
 
     async def close(self) -> None:
         await self._subscription.close()
@@ -164,7 +173,7 @@ class InvokerService:
             )
             container.activations += 1
             last_duration = executed.run_ms
-            self._activations.store(executed.record)
+            self._store_record(executed.record)
             self._bus.publish(
                 completed_topic(message.controller_id),
                 Completion(message.activation_id, message.controller_id, executed.record),

@@ -35,6 +35,9 @@ class MemoryQueue:
     containers: set[str] = field(default_factory=set)
     creations: dict[str, float] = field(default_factory=dict)  # creation id -> monotonic start
     durations: deque[float] = field(default_factory=deque)
+    # The activation store's average for this action when the queue was created: what the
+    # decisions use until a container reports its own durations.
+    stored_average_ms: float | None = None
     last_activity: float = field(default_factory=time.monotonic)
     removed: bool = False
     throttled: bool = False
@@ -92,7 +95,9 @@ class MemoryQueue:
             self.durations.popleft()
 
     def average_duration(self) -> float | None:
-        return sum(self.durations) / len(self.durations) if self.durations else None
+        if self.durations:
+            return sum(self.durations) / len(self.durations)
+        return self.stored_average_ms
 
     def stale_count(self, now: float, threshold_s: float) -> int:
         count = 0

@@ -20,7 +20,7 @@ from squall.entities.activation import (
     WHISK_ERROR,
     ActivationResponse,
 )
-from squall.errors import QueueGone
+from squall.errors import QueueGone, SquallError
 from squall.messages import (
     INVOKER_TOPIC,
     SCHEDULER_TOPIC,
@@ -59,6 +59,10 @@ class SchedulerService:
         self.scheduler_id = scheduler_id
         self._queues: dict[tuple[str, str], MemoryQueue] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._lookups: set[asyncio.Task[None]] = set()
+        # Why the activation store cannot answer duration statistics (None when it can): the
+        # scheduler then decides on the durations invokers report, and readiness is degraded.
+        self.durations_degraded: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -68,9 +72,9 @@ class SchedulerService:
 
     async def close(self) -> None:
         await self._subscription.close()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._lookups]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._lookups]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for queue in list(self._queues.values()):
@@ -110,10 +114,38 @@ class SchedulerService:
             duration_buffer_size=self._settings.duration_buffer_size,
         )
         self._queues[slot] = fresh
+        self._look_up_durations(fresh)
         if queue is not None:  # a newer revision retires the old queue's containers
             for left in queue.remove():
                 fresh.enqueue(left)
         return fresh
+
+    def _look_up_durations(self, queue: MemoryQueue) -> None:
+        """Ask the store for the action's past durations, off the hot path (OpenWhisk's
+        DurationChecker, which only its Elasticsearch store could answer; every store can here).
+        """
+        task = asyncio.ensure_future(self._stored_durations(queue))
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
+
+    async def _stored_durations(self, queue: MemoryQueue) -> None:
+        since = int((time.time() - self._settings.duration_window_s) * 1000)
+        key = queue.key
+        try:
+            stats = await self._activations.duration_stats(
+                key.invocation_namespace, key.action_path, since
+            )
+        except SquallError as exc:
+            if self.durations_degraded is None:
+                log.warning("duration statistics unavailable (%s); scheduling on the durations "
+                            "invokers report until the activation store answers", exc)  # fmt: skip
+            self.durations_degraded = str(exc)
+            return
+        if self.durations_degraded is not None:
+            log.warning("duration statistics available again from the activation store")
+            self.durations_degraded = None
+        if stats is not None:
+            queue.stored_average_ms = stats.average_ms
 
     def _throttle(self, queue: MemoryQueue, on: bool) -> None:
         if queue.throttled == on:
@@ -253,7 +285,10 @@ class SchedulerService:
             logs=[],
             annotations=[],
         )
-        self._activations.store(record)
+        try:
+            self._activations.store(record)
+        except SquallError as exc:  # refused loudly (buffer full); the caller is still answered
+            log.error("activation record not stored: %s", exc)
         self._bus.publish(
             completed_topic(message.controller_id),
             Completion(message.activation_id, message.controller_id, record),

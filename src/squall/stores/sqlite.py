@@ -19,12 +19,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import json
 import logging
-import math
 import os
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -35,15 +32,20 @@ import orjson
 
 from squall.abc import (
     ActivationQuery,
-    ActivationStore,
     DurationStats,
     EntityStore,
     EntityWrite,
     JSONDict,
+    RecordPage,
     StoredEntity,
     SubjectRecord,
 )
 from squall.errors import ConflictError, StoreError
+from squall.stores.base import BatchedActivationStore
+from squall.stores.rows import PURGE_CHUNK, STATS_WINDOW, activation_row
+from squall.stores.rows import dumps as _dumps
+from squall.stores.rows import now_ms as _now_ms
+from squall.stores.rows import percentile as _percentile
 
 __all__ = ["SqliteActivationStore", "SqliteEntityStore"]
 
@@ -57,8 +59,6 @@ P = ParamSpec("P")
 Migration = tuple[str, ...]
 
 BUSY_TIMEOUT_MS = 5000
-STATS_WINDOW = 10_000  # most recent durations considered by duration_stats
-PURGE_CHUNK = 5_000  # rows per delete, so a large purge never holds the write lock for long
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,20 +129,8 @@ ACTIVATION_MIGRATIONS: tuple[Migration, ...] = (
 # ---------------------------------------------------------------------------------------------
 
 
-def _dumps(doc: Any) -> str:
-    try:
-        return orjson.dumps(doc).decode()
-    except TypeError:
-        # orjson refuses integers beyond 64 bits, which user JSON may hold; the stdlib does not.
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-
-
 def _loads(text: str) -> Any:
     return orjson.loads(text)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @contextlib.contextmanager
@@ -403,7 +391,7 @@ _ENTITY_GET = """SELECT revision, doc FROM entities
     WHERE namespace = ? AND name = ? AND collection = ?"""
 _ENTITY_INSERT = f"""INSERT INTO entities
     (namespace, name, collection, revision, updated, seq, doc)
-    VALUES (?, ?, ?, 1, ?, {_NEXT_SEQ}, ?)"""
+    VALUES (?, ?, ?, ?, ?, {_NEXT_SEQ}, ?)"""
 _ENTITY_REPLACE = f"""UPDATE entities
     SET revision = revision + 1, updated = ?, seq = {_NEXT_SEQ}, doc = ?
     WHERE namespace = ? AND name = ? AND collection = ? AND revision = ?"""
@@ -505,6 +493,23 @@ class SqliteEntityStore(EntityStore):
     async def delete_subject(self, namespace: str) -> bool:
         return await self._db.run("deleting a subject", _subject_delete, namespace)
 
+    async def iter_entities(self) -> AsyncIterator[StoredEntity]:
+        last = -1
+        while True:
+            page = await self._db.run("exporting entities", _entity_page, last)
+            if not page:
+                return
+            for seq, entity in page:
+                last = seq
+                yield entity
+
+    async def iter_subjects(self) -> AsyncIterator[SubjectRecord]:
+        for record in await self._db.run("exporting subjects", _subjects_all):
+            yield record
+
+    async def restore(self, entity: StoredEntity) -> StoredEntity:
+        return await self._db.run("creating an entity", _entity_restore, entity)
+
 
 # The functions below run in a store's thread, with its connection.
 
@@ -521,12 +526,35 @@ def _entity_get(
 def _entity_create(
     conn: sqlite3.Connection, collection: str, namespace: str, name: str, doc: JSONDict
 ) -> StoredEntity:
+    return _entity_restore(conn, StoredEntity(collection, namespace, name, 1, doc))
+
+
+def _entity_restore(conn: sqlite3.Connection, entity: StoredEntity) -> StoredEntity:
+    params = (entity.namespace, entity.name, entity.collection, entity.revision, _now_ms(),
+              _dumps(entity.doc))  # fmt: skip
     try:
-        conn.execute(_ENTITY_INSERT, (namespace, name, collection, _now_ms(), _dumps(doc)))
+        conn.execute(_ENTITY_INSERT, params)
     except sqlite3.IntegrityError as exc:
         # Names are unique per path across collections, as OpenWhisk's document ids are.
-        raise ConflictError(f"an entity named {namespace}/{name} already exists") from exc
-    return StoredEntity(collection, namespace, name, 1, doc)
+        raise ConflictError(
+            f"an entity named {entity.namespace}/{entity.name} already exists"
+        ) from exc
+    return entity
+
+
+def _entity_page(conn: sqlite3.Connection, after_seq: int) -> list[tuple[int, StoredEntity]]:
+    rows = conn.execute(
+        "SELECT seq, collection, namespace, name, revision, doc FROM entities "
+        "WHERE seq > ? ORDER BY seq LIMIT 1000",
+        (after_seq,),
+    )
+    return [(seq, StoredEntity(coll, ns, name, rev, _loads(doc)))
+            for seq, coll, ns, name, rev, doc in rows]  # fmt: skip
+
+
+def _subjects_all(conn: sqlite3.Connection) -> list[SubjectRecord]:
+    rows = conn.execute(f"SELECT {_SUBJECT_COLUMNS} FROM subjects ORDER BY namespace")
+    return [SubjectRecord(ns, s, u, k, _loads(lim)) for ns, s, u, k, lim in rows]
 
 
 def _entity_replace(
@@ -664,11 +692,12 @@ _ACTIVATION_UPSERT = """INSERT OR REPLACE INTO activations
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
-class SqliteActivationStore(ActivationStore):
+class SqliteActivationStore(BatchedActivationStore):
     """Activation records in one SQLite file, written in batches off the event loop.
 
     `store` only files the record in memory; a background task writes what is pending every
-    `flush_interval_s`, or as soon as `batch_size` records wait, one transaction per batch.
+    `flush_interval_s`, or as soon as `batch_size` records wait, one transaction per batch
+    (the batching itself is `BatchedActivationStore`'s, shared with the server backends).
     Reads see pending records at once. The store owns a record once it is handed over: callers
     must not mutate it afterwards.
 
@@ -677,99 +706,48 @@ class SqliteActivationStore(ActivationStore):
     (or package binding) `pkg`. A bare name does not match packaged actions.
     """
 
-    def __init__(
-        self, path: Path, *, flush_interval_s: float = 0.05, batch_size: int = 500
-    ) -> None:
-        if flush_interval_s <= 0 or batch_size < 1:
-            raise ValueError("flush_interval_s must be > 0 and batch_size >= 1")
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(**options)
         self._db = _Database(path, "activations", ACTIVATION_MIGRATIONS)
-        self._interval = flush_interval_s
-        self._batch_size = batch_size
-        self._pending: dict[str, JSONDict] = {}
-        self._batch_full = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._flusher: asyncio.Task[None] | None = None
-        self._closed = False
 
     @property
     def path(self) -> Path:
         return self._db.path
 
     @property
-    def pending_count(self) -> int:
-        """Records accepted but not yet written (a gauge worth exporting)."""
-        return len(self._pending)
+    def description(self) -> str:
+        return f"SQLite activation store {self.path}"
 
-    async def start(self) -> None:
+    async def _connect(self) -> None:
         await self._db.open()
-        self._flusher = asyncio.create_task(self._flush_loop(), name="squall-activation-flush")
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._stopping.set()
-        self._batch_full.set()  # wakes the flush loop so it sees _stopping now
-        try:
-            # A flusher cancelled by loop shutdown has nothing to finish; ours still flushes.
-            if self._flusher is not None and not self._flusher.cancelled():
-                await self._flusher
-            if self._pending:
-                await self.flush()
-        finally:
-            await self._db.close()
+    async def _disconnect(self) -> None:
+        await self._db.close()
 
-    def store(self, record: JSONDict) -> None:
-        if self._closed:
-            raise StoreError(
-                f"SQLite activation store {self.path} is closed; activation "
-                f"{record.get('activationId')} was not stored"
-            )
-        self._pending[record["activationId"]] = record
-        if len(self._pending) >= self._batch_size:
-            self._batch_full.set()
+    async def _write(self, batch: Sequence[JSONDict]) -> None:
+        await self._db.run("writing activation records", _activations_write, batch)
 
-    async def flush(self) -> None:
-        # The lock makes a flush wait for one in progress, then write what that one left.
-        async with self._flush_lock:
-            snapshot = list(self._pending.values())
-            for first in range(0, len(snapshot), self._batch_size):
-                batch = snapshot[first:first + self._batch_size]
-                await self._db.run("writing activation records", _activations_write, batch)
-                self._forget(batch)
-
-    async def get(self, namespace: str, activation_id: str) -> JSONDict | None:
-        record = self._pending.get(activation_id)
-        if record is not None:
-            return dict(record) if record.get("namespace") == namespace else None
+    async def _get(self, namespace: str, activation_id: str) -> JSONDict | None:
         return self._db.read("reading an activation", _activation_get, namespace, activation_id)
 
-    async def list(self, query: ActivationQuery) -> list[JSONDict]:
-        await self._flush_pending()
+    async def _list(self, query: ActivationQuery) -> list[JSONDict]:
         return await self._db.run("listing activations", _activations_list, query)
 
-    async def count(self, query: ActivationQuery) -> int:
-        await self._flush_pending()
+    async def _count(self, query: ActivationQuery) -> int:
         return await self._db.run("counting activations", _activations_count, query)
 
-    async def duration_stats(
+    async def _duration_stats(
         self, namespace: str, path: str, since_ms: int
     ) -> DurationStats | None:
         """Stats over the most recent 10,000 records whose `namespace` (the invoking namespace,
         as OpenWhisk's duration checker queries per invocation namespace) and `path`
         annotation match, started at or after `since_ms`. Percentiles are nearest-rank."""
-        await self._flush_pending()
         return await self._db.run(
             "reading durations", _duration_stats, namespace, path, since_ms
         )
 
-    async def purge_before(self, before_ms: int) -> int:
-        """Delete the records that started before `before_ms`; how many were deleted.
-
-        Runs in chunks so batched writes interleave with a long purge.
-        """
-        await self._flush_pending()
+    async def _purge_before(self, before_ms: int) -> int:
+        """Delete in chunks, so batched writes interleave with a long purge."""
         total = 0
         while True:
             deleted = await self._db.run("purging activations", _activations_purge, before_ms)
@@ -777,97 +755,22 @@ class SqliteActivationStore(ActivationStore):
             if deleted < PURGE_CHUNK:
                 return total
 
-    async def _flush_pending(self) -> None:
-        # Reads that query the table first write what is pending, so they see it too.
-        if self._pending:
-            await self.flush()
-
-    def _forget(self, batch: Sequence[JSONDict]) -> None:
-        for record in batch:
-            key = record["activationId"]
-            # A record stored again under the same id while this batch was written stays.
-            if self._pending.get(key) is record:
-                del self._pending[key]
-
-    async def _flush_loop(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            await _wait(self._batch_full, self._interval)
-            self._batch_full.clear()
-            if not self._pending or self._stopping.is_set():
-                continue
-            try:
-                await self.flush()
-                failures = 0
-            except Exception:  # never let the writer die silently: log, back off, retry
-                failures += 1
-                log.exception("writing %d activation records failed; retrying",
-                              len(self._pending))
-                # Back off so a full disk does not turn into a busy loop; close still wakes us.
-                await _wait(self._stopping, min(self._interval * 2**failures, 5.0))
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Wait until `event` is set or `seconds` pass."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-
-
-def _annotation(record: JSONDict, key: str) -> Any:
-    annotations = record.get("annotations")
-    if isinstance(annotations, list):
-        for item in annotations:
-            if isinstance(item, dict) and item.get("key") == key:
-                return item.get("value")
-    return None
-
-
-def _entity_path(name: str, path: str, binding: Any) -> str:
-    """What the listing's `name` filter compares with, as OpenWhisk's activations view does.
-
-    An action reached through a package binding is listed under `binding/name`, one in a
-    package under `pkg/name` (from its `path` annotation `ns/pkg/name`), any other under `name`.
-    """
-    if isinstance(binding, str):
-        parts = binding.strip("/").split("/")
-        if len(parts) >= 2:
-            return f"{parts[1]}/{name}"
-    segments = path.split("/")
-    return f"{segments[1]}/{name}" if len(segments) == 3 else name
-
-
-def _millis(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) else 0
-
-
-def _status_code(record: JSONDict) -> Any:
-    response = record.get("response")
-    if isinstance(response, dict) and "statusCode" in response:
-        return response["statusCode"]
-    return record.get("statusCode")
-
-
-def _activation_row(record: JSONDict) -> tuple[Any, ...]:
-    namespace = str(record.get("namespace", ""))
-    name = str(record.get("name", ""))
-    path = _annotation(record, "path")
-    if not isinstance(path, str) or not path:
-        path = f"{namespace}/{name}"  # triggers' records carry no path annotation
-    start, end = _millis(record.get("start")), _millis(record.get("end"))
-    duration = record.get("duration")
-    if not isinstance(duration, int | float):
-        duration = end - start if end else None
-    entity_path = _entity_path(name, path, _annotation(record, "binding"))
-    return (record["activationId"], namespace, name, path, entity_path, start, end, duration,
-            _status_code(record), _dumps(record))
+    async def iter_records(self, page: int = 1000) -> AsyncIterator[RecordPage]:
+        await self._prepare_read()
+        after = 0
+        while True:
+            rows = await self._db.run("exporting activations", _record_page, after, page)
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [_loads(doc) for _, doc in rows]
 
 
 def _activations_write(conn: sqlite3.Connection, batch: Sequence[JSONDict]) -> None:
     rows = []
     for record in batch:
         try:
-            rows.append(_activation_row(record))
+            rows.append(activation_row(record))
         except (TypeError, ValueError) as exc:
             # A record that cannot be serialised would fail every batch it joins: drop it loudly.
             log.error("dropping activation %s, which cannot be serialised: %s",
@@ -936,10 +839,12 @@ def _duration_stats(
     )
 
 
-def _percentile(ordered: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile: always a duration that was observed."""
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
+def _record_page(conn: sqlite3.Connection, after: int, page: int) -> list[tuple[int, str]]:
+    # Rowid order (insertion order) pages without a sort; the rowid is the table's own key.
+    return conn.execute(
+        "SELECT rowid, doc FROM activations WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        (after, page),
+    ).fetchall()
 
 
 def _activations_purge(conn: sqlite3.Connection, before_ms: int) -> int:

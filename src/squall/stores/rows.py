@@ -1,0 +1,118 @@
+"""What every activation store derives from a record, so all backends list and filter alike.
+
+The listing's `name` filter, the duration statistics and retention need a few values pulled
+out of the stored record (its path, the path the listing compares with, start, duration);
+computing them in one place keeps SQLite, PostgreSQL and Elasticsearch in agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from squall.abc import JSONDict
+
+STATS_WINDOW = 10_000  # most recent durations considered by duration_stats
+PURGE_CHUNK = 5_000  # rows per delete, so a large purge never holds the write lock for long
+
+
+def dumps(doc: Any) -> str:
+    try:
+        return orjson.dumps(doc).decode()
+    except TypeError:
+        # orjson refuses integers beyond 64 bits, which user JSON may hold; the stdlib does not.
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def annotation(record: JSONDict, key: str) -> Any:
+    annotations = record.get("annotations")
+    if isinstance(annotations, list):
+        for item in annotations:
+            if isinstance(item, dict) and item.get("key") == key:
+                return item.get("value")
+    return None
+
+
+def entity_path(name: str, path: str, binding: Any) -> str:
+    """What the listing's `name` filter compares with, as OpenWhisk's activations view does.
+
+    An action reached through a package binding is listed under `binding/name`, one in a
+    package under `pkg/name` (from its `path` annotation `ns/pkg/name`), any other under `name`.
+    """
+    if isinstance(binding, str):
+        parts = binding.strip("/").split("/")
+        if len(parts) >= 2:
+            return f"{parts[1]}/{name}"
+    segments = path.split("/")
+    return f"{segments[1]}/{name}" if len(segments) == 3 else name
+
+
+def millis(value: Any) -> int:
+    return _integer(value) or 0
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if math.isfinite(value) else None
+
+
+def status_code(record: JSONDict) -> int | None:
+    response = record.get("response")
+    value = response.get("statusCode") if isinstance(response, dict) else None
+    if value is None:
+        value = record.get("statusCode")
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    return value if -(2**31) <= value < 2**31 else None  # an INTEGER column's range
+
+
+def record_path(record: JSONDict) -> str:
+    """The record's `path` annotation (ns/[pkg/]action); triggers' records carry none."""
+    path = annotation(record, "path")
+    if not isinstance(path, str) or not path:
+        path = f"{record.get('namespace', '')}/{record.get('name', '')}"
+    return path
+
+
+def duration_of(record: JSONDict) -> int | None:
+    duration = _integer(record.get("duration"))
+    if duration is not None:
+        return duration
+    start, end = millis(record.get("start")), millis(record.get("end"))
+    return end - start if end else None
+
+
+def timings(record: JSONDict) -> tuple[int, int, int | None]:
+    """(start, end, duration) as stored; ValueError when one is beyond a 64-bit integer, which
+    no store could index: such a record would fail every batch it joined."""
+    values = (millis(record.get("start")), millis(record.get("end")), duration_of(record))
+    for value in values:
+        if value is not None and not -(2**63) <= value < 2**63:
+            raise ValueError(f"a time of activation {record.get('activationId')} is out of range")
+    return values
+
+
+def activation_row(record: JSONDict) -> tuple[Any, ...]:
+    """(id, namespace, name, path, entity_path, start, end, duration, status, doc text)."""
+    namespace = str(record.get("namespace", ""))
+    name = str(record.get("name", ""))
+    path = record_path(record)
+    listed_as = entity_path(name, path, annotation(record, "binding"))
+    return (record["activationId"], namespace, name, path, listed_as, *timings(record),
+            status_code(record), dumps(record))  # fmt: skip
+
+
+def percentile(ordered: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile: always a duration that was observed."""
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]

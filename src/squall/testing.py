@@ -1,0 +1,173 @@
+"""Real servers for tests and benchmarks: a throwaway PostgreSQL and an osmem (OpenSearch API).
+
+Each listens on 127.0.0.1 on a free port, keeps its files in a temporary directory and is
+stopped by its PID. PostgreSQL refuses to run as root, so as root the cluster is created and
+run as the `postgres` user (Debian's package creates it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["LocalOsmem", "LocalPostgres", "free_port", "osmem_binary", "postgres_bin_dir"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where initdb and pg_ctl live: Debian's versioned dir (newest first), else PATH."""
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if Path(candidate, "initdb").exists():
+            return Path(candidate)
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+def osmem_binary() -> str | None:
+    """The osmem-server binary the `osmem-server` wheel ships, if installed."""
+    try:
+        from osmem_server import resolve_binary  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError:
+        return shutil.which("osmem-server")
+    try:
+        return str(resolve_binary())
+    except Exception:
+        return None
+
+
+def _wait_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+@dataclass
+class LocalPostgres:
+    """A PostgreSQL cluster in a temporary directory; `start`, `stop` and `start` again."""
+
+    bin_dir: Path
+    port: int = field(default_factory=free_port)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="squall-pg-")))
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def _user(self) -> str | None:
+        return "postgres" if os.geteuid() == 0 else None
+
+    def url(self, database: str = "postgres", **options: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}" + (
+            f"?{query}" if query else ""
+        )
+
+    def _run(self, *argv: str) -> None:
+        subprocess.run(
+            argv, check=True, capture_output=True, user=self._user, cwd=self.root, timeout=60
+        )
+
+    def init(self) -> None:
+        if self._user is not None:
+            shutil.chown(self.root, self._user, self._user)
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                  "--auth=trust", "-E", "UTF8", "--no-sync")  # fmt: skip
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off")  # fmt: skip
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l",
+                  str(self.root / "log"), "-w", "-o", options, "start")  # fmt: skip
+        _wait_port(self.port, 10.0)
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Fast shutdown (SIGINT to the postmaster), waiting until it is gone."""
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.02)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def create_database(self, name: str) -> None:
+        self._run(str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                  "-U", "postgres", name)  # fmt: skip
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class LocalOsmem:
+    """An osmem server: the OpenSearch REST API in memory."""
+
+    binary: str
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "-addr", f"127.0.0.1:{self.port}", "-no-stdin-watch"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/", timeout=1):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"osmem did not answer on {self.url}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
