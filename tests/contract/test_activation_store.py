@@ -370,3 +370,49 @@ async def test_sqlite_purge_in_chunks(tmp_path: Path) -> None:
         assert await store.count(ActivationQuery("guest")) == 1_000
     finally:
         await store.close()
+
+
+class CountingSqliteActivationStore(SqliteActivationStore):
+    """The real SQLite store, counting the batches it writes, each taking at least 5 ms (as
+    on a slow disk or a remote backend)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, flush_interval_s=3600.0)
+        self.batches: list[int] = []
+
+    async def _write(self, batch: Any) -> None:
+        self.batches.append(len(batch))
+        await asyncio.gather(super()._write(batch), asyncio.sleep(0.005))
+
+
+async def test_a_flush_waits_for_its_own_record_not_for_every_flush_before_it(
+    tmp_path: Path,
+) -> None:
+    """Group commit: each fire's flush returns once the write holding its record is done (at
+    most the write in flight plus the next), not after every earlier caller's turn."""
+    path = tmp_path / "squall.db"
+    store = CountingSqliteActivationStore(path)
+    await store.start()
+    records = [record(start=T0 + i) for i in range(200)]
+    waited: list[int] = []  # writes started while each fire's flush was waiting
+
+    async def fire(i: int, r: dict[str, Any]) -> None:  # an alarm fire and its ledger entry
+        await asyncio.sleep(i * 0.0002)  # arrivals keep coming while writes are in flight
+        store.store(r)
+        before = len(store.batches)
+        await store.flush()
+        waited.append(len(store.batches) - before)
+        assert await store.get("guest", r["activationId"]) is not None
+
+    try:
+        await asyncio.gather(*(fire(i, r) for i, r in enumerate(records)))
+        assert sum(store.batches) == 200, store.batches
+        assert max(waited) <= 2, sorted(waited)[-10:]
+    finally:
+        await store.close()
+    reopened = SqliteActivationStore(path)
+    await reopened.start()
+    try:
+        assert await reopened.count(ActivationQuery(namespace="guest")) == 200
+    finally:
+        await reopened.close()
