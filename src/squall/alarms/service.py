@@ -725,8 +725,13 @@ class AlarmService:
         its alarms are built, so the decoded documents never sit in memory all at once."""
         now = self.now()
         summary = _RestoreSummary()
-        pages = self._store.scan(ALARMS_COLLECTION, ALARMS_ROOT, prefix_match=True, page=4096)
-        async for page in pages:
+        pages = aiter(
+            self._store.scan(ALARMS_COLLECTION, ALARMS_ROOT, prefix_match=True, page=4096)
+        )
+        # The store reads the next page (in its thread) while this one's alarms are built.
+        fetching = asyncio.ensure_future(anext(pages, None))
+        while (page := await fetching) is not None:
+            fetching = asyncio.ensure_future(anext(pages, None))
             self._restore_page(page, now, summary)
         heapq.heapify(self._heap)  # once, instead of a push per alarm
         return summary
