@@ -1172,17 +1172,17 @@ class AlarmService:
                     batch.append((entry, entry.alarm))
             if not batch:
                 return True
-            writes = [
-                EntityWrite(
-                    ALARMS_COLLECTION,
-                    store_path(alarm.namespace),
-                    alarm.trigger,
-                    alarm.to_doc(),
-                    entry.revision,
-                )
-                for entry, alarm in batch
-            ]
-            try:
+            try:  # a bug building a document must not end the writer either: re-queued too
+                writes = [
+                    EntityWrite(
+                        ALARMS_COLLECTION,
+                        store_path(alarm.namespace),
+                        alarm.trigger,
+                        alarm.to_doc(),
+                        entry.revision,
+                    )
+                    for entry, alarm in batch
+                ]
                 results = await self._store.put_many(writes)
             except Exception as exc:
                 self._write_failed(batch, exc)
