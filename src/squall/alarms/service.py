@@ -1195,7 +1195,11 @@ class AlarmService:
                 else:
                     entry.revision = result.revision
             for entry in conflicts:
-                await self._reconcile(entry)
+                try:
+                    await self._reconcile(entry)
+                except Exception:  # e.g. an unreadable stored document: keep firing from memory
+                    self._counts["internal_errors"] += 1
+                    log.exception("alarm %s: resolving a write conflict failed", entry.alarm.id)
             return True
 
     def _write_failed(self, batch: Sequence[tuple[_Entry, Alarm]], exc: Exception) -> None:
