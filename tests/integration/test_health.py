@@ -1,4 +1,4 @@
-"""/healthz, /readyz and /metrics: in-process and on a real server, healthy and with a store down."""
+"""/healthz, /readyz and /metrics, in-process and on a real server, healthy or a store down."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from squall.errors import DependencyUnavailable
 from squall.ops.readiness import scrub
 from squall.platform import Platform, build_platform
+from squall.sandbox.process import ProcessSandboxFactory
 from tests.conftest import (
     GUEST_KEY,
     GUEST_UUID,
@@ -104,7 +105,8 @@ async def test_unstarted_platform_reports_starting(tmp_path: Path) -> None:
         assert states["alarms"] == "starting" and states["sandbox"] == "starting"
         assert states["entity_store"] == "starting"
     finally:
-        shutil.rmtree(instance.sandboxes.work_root, ignore_errors=True)  # type: ignore[attr-defined]
+        assert isinstance(instance.sandboxes, ProcessSandboxFactory)
+        shutil.rmtree(instance.sandboxes.work_root, ignore_errors=True)
 
 
 async def test_metrics_count_an_invoke(client: httpx.AsyncClient) -> None:
