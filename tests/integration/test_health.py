@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import shutil
 import time
@@ -14,7 +15,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from squall.alarms.service import AlarmStats
 from squall.errors import DependencyUnavailable
+from squall.ops.metrics import ALARM_COUNTERS, LAG_GAUGES
 from squall.ops.readiness import scrub
 from squall.platform import Platform, build_platform
 from squall.sandbox.process import ProcessSandboxFactory
@@ -144,6 +147,13 @@ async def test_metrics_count_alarm_fires(client: httpx.AsyncClient) -> None:
     assert fired[("squall_alarm_fires_delivered_total", ())] >= 1
     assert fired[("squall_alarms", (("state", "active"),))] == 1
     assert ("squall_alarm_fire_lag_p99_seconds", ()) in fired
+
+
+def test_every_alarm_stat_is_exported() -> None:
+    """A field added to AlarmStats must reach /metrics (or be named here on purpose)."""
+    gauges = {"alarms", "active", "paused", "scheduled", "in_flight", "lag_samples"}
+    exported = {f for f, _, _ in ALARM_COUNTERS} | {f for f, _, _ in LAG_GAUGES} | gauges
+    assert {f.name for f in dataclasses.fields(AlarmStats)} == exported
 
 
 def test_scrub_hides_url_passwords() -> None:

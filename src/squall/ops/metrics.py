@@ -30,7 +30,7 @@ from squall.ops.readiness import STATES, Readiness
 from squall.scheduler.service import SchedulerService
 
 # AlarmStats totals exported as counters: (field, metric name without _total, help).
-_ALARM_COUNTERS = (
+ALARM_COUNTERS = (
     ("fires", "squall_alarm_fires", "Alarm ticks whose fire finished, delivered or not."),
     ("delivered", "squall_alarm_fires_delivered", "Alarm fires the trigger accepted."),
     ("not_delivered", "squall_alarm_fires_not_delivered", "Alarm fires given up after retries."),
@@ -43,7 +43,7 @@ _ALARM_COUNTERS = (
     ("persist_failures", "squall_alarm_persist_failures", "Alarm state writes that failed."),
     ("internal_errors", "squall_alarm_internal_errors", "Unexpected errors in the alarm timer."),
 )
-_LAG_GAUGES = (
+LAG_GAUGES = (
     ("lag_p50_ms", "squall_alarm_fire_lag_p50_seconds", "Median lag of on-time alarm fires."),
     ("lag_p99_ms", "squall_alarm_fire_lag_p99_seconds", "99th percentile alarm fire lag."),
     ("lag_max_ms", "squall_alarm_fire_lag_max_seconds", "Largest alarm fire lag in the window."),
@@ -130,7 +130,7 @@ class SquallCollector(Collector):
 
     def _alarm_metrics(self) -> Iterator[Metric]:
         stats = self._sources.alarms.stats()
-        for field, name, help_text in _ALARM_COUNTERS:
+        for field, name, help_text in ALARM_COUNTERS:
             yield CounterMetricFamily(name, help_text, value=getattr(stats, field))
         alarms = GaugeMetricFamily("squall_alarms", "Alarms by state.", labels=["state"])
         alarms.add_metric(["active"], stats.active)
@@ -148,7 +148,7 @@ class SquallCollector(Collector):
             "On-time fires in the lag window the percentiles are taken over.",
             value=stats.lag_samples,
         )
-        for field, name, help_text in _LAG_GAUGES:
+        for field, name, help_text in LAG_GAUGES:
             value = getattr(stats, field)
             if value is not None:  # no fire yet: no sample, rather than a made-up zero
                 yield GaugeMetricFamily(name, help_text, value=value / 1000)
