@@ -26,6 +26,9 @@ from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
 from squall.errors import DependencyUnavailable
 from squall.invoker.service import InvokerService
+from squall.ops.metrics import Sources, metrics_registry
+from squall.ops.readiness import Readiness
+from squall.ops.routes import ops_routes
 from squall.sandbox.process import ProcessSandboxFactory
 from squall.scheduler.service import SchedulerService
 from squall.stores import select
@@ -53,6 +56,7 @@ class Platform:
     auth: Authenticator
     alarms: AlarmService
     retention: RetentionService
+    readiness: Readiness
     app: ASGIApp
     guest_auth: str = field(default="", repr=False)
     warnings: list[str] = field(default_factory=list)
@@ -67,6 +71,7 @@ class Platform:
             self.sandboxes,
         ):
             await component.start()
+        await self.readiness.start()  # its probe reads the stores, which are open now
         self.guest_auth = await ensure_guest(self.settings, self.entities)
         await self.retention.start()
         await self.scheduler.start()
@@ -79,8 +84,8 @@ class Platform:
         activation store that cannot write its last records raises after the rest closed)."""
         first_error: BaseException | None = None
         for component in (self.alarms, self.controller, self.invoker, self.scheduler,
-                          self.retention, self.sandboxes, self.coordinator, self.bus,
-                          self.activations, self.entities):  # fmt: skip
+                          self.retention, self.readiness, self.sandboxes, self.coordinator,
+                          self.bus, self.activations, self.entities):  # fmt: skip
             try:
                 await component.close()
             except Exception as exc:
@@ -130,7 +135,16 @@ def build_platform(settings: Settings) -> Platform:
     # The scheduler role owns alarm timers; in one process they fire through the controller.
     alarms = AlarmService(entities, feeds.fire, on_delete_after_fire=feeds.delete_after_fire)
     feeds.attach(alarms)
-    app = build_app(controller, auth, feeds=feeds)
+    readiness = Readiness(
+        settings,
+        entities=entities,
+        activations=activations,
+        scheduler=scheduler,
+        alarms=alarms,
+        sandboxes=sandboxes,
+    )
+    registry = metrics_registry(Sources(activations, scheduler, invoker, alarms, readiness))
+    app = build_app(controller, auth, ops_routes(readiness, registry), feeds)
     warnings = []
     if getattr(sandboxes, "isolation_degraded", False):
         warnings.append(
@@ -149,6 +163,7 @@ def build_platform(settings: Settings) -> Platform:
         auth,
         alarms,
         RetentionService(activations, settings.stores.retention_s),
+        readiness,
         app,
         warnings=warnings,
     )

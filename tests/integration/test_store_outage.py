@@ -191,3 +191,28 @@ async def test_platform_waits_for_postgres_then_answers_503_while_it_is_down(
             pg.start()
     finally:
         await platform.close()
+
+
+async def test_readiness_names_the_store_while_down_and_recovers_by_itself(
+    pg: LocalPostgres, tmp_path: Path
+) -> None:
+    settings = replace(
+        make_settings(tmp_path / "data"), stores=StoreSettings(activation_store=url(pg))
+    )
+    pg.stop()
+    platform = build_platform(settings)
+    await platform.start()  # an unreachable activation store does not hold the start
+    try:
+        ready, body = platform.readiness.report()
+        check = body["checks"]["activation_store"]
+        assert not ready and check["state"] == "unavailable"
+        assert "SQUALL_ACTIVATION_STORE" in check["fix"] and PASSWORD not in str(body)
+        pg.start()
+
+        async def recovered() -> bool:
+            await platform.readiness.probe()  # what the background probe does every 5 s
+            return platform.readiness.report()[0]
+
+        await eventually(recovered)
+    finally:
+        await platform.close()

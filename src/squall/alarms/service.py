@@ -691,6 +691,13 @@ class AlarmService:
             "fires_count": alarm.fires_count,
         }
 
+    @property
+    def state(self) -> str:
+        """`starting` until every alarm is loaded, then `running`, `closing` once stopping."""
+        if self._closing:
+            return "closing"
+        return "running" if self._started else "starting"
+
     def stats(self) -> AlarmStats:
         """Totals for metrics."""
         lags = sorted(self._lags)

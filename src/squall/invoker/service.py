@@ -22,6 +22,7 @@ from squall.errors import QueueGone, StoreError
 from squall.invoker.execute import execute
 from squall.invoker.prewarm import PrewarmPool
 from squall.messages import INVOKER_TOPIC, Completion, ContainerCreation, completed_topic
+from squall.ops.counters import ActivationCounts
 
 log = logging.getLogger("squall.invoker")
 
@@ -64,6 +65,7 @@ class InvokerService:
             "python:default", limits.memory_mb.maximum, limits.logs_mb.default * MB
         )
         self.prewarm = PrewarmPool(factory, default_spec, settings.prewarm_count)
+        self.counts = ActivationCounts()  # read by the metrics collector at scrape time
 
     async def start(self) -> None:
         await self.prewarm.start()
@@ -72,6 +74,7 @@ class InvokerService:
     def _store_record(self, record: dict[str, Any]) -> None:
         # A full buffer (the store unreachable for long) refuses the record loudly; the caller
         # still gets its result, so the completion is published either way.
+        self.counts.observe(record)
         try:
             self._activations.store(record)
         except StoreError as exc:
@@ -98,6 +101,17 @@ class InvokerService:
 
     def container_count(self) -> int:
         return len(self._containers)
+
+    def container_states(self) -> dict[str, int]:
+        """Containers by state: `starting` (no sandbox yet), `warm` (parked, waiting for work),
+        `busy` (running an activation); prewarmed stem cells are counted by the pool."""
+        states = {"starting": 0, "warm": 0, "busy": 0}
+        for container in self._containers.values():
+            if container.sandbox is None:
+                states["starting"] += 1
+            else:
+                states["warm" if container.parked else "busy"] += 1
+        return states
 
     def create_container(self, creation: ContainerCreation) -> None:
         memory = creation.action.limits.memory

@@ -538,6 +538,12 @@ class ProcessSandboxFactory(SandboxFactory):
             raise
         return forked, ours, out_r, err_r
 
+    @property
+    def zygote_alive(self) -> bool | None:
+        """None before the zygote first started, else whether it still runs (for readiness);
+        a dead one is replaced at the next container start."""
+        return None if self._zygote is None else self._zygote.alive
+
     async def _running_zygote(self) -> Zygote:
         zygote = self._zygote
         if zygote is not None and zygote.alive:

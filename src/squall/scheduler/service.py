@@ -30,6 +30,7 @@ from squall.messages import (
     QueueKey,
     completed_topic,
 )
+from squall.ops.counters import ActivationCounts
 from squall.scheduler.decision import QueueSnapshot, decide
 from squall.scheduler.queue import MemoryQueue
 
@@ -63,6 +64,16 @@ class SchedulerService:
         # Why the activation store cannot answer duration statistics (None when it can): the
         # scheduler then decides on the durations invokers report, and readiness is degraded.
         self.durations_degraded: str | None = None
+        self.counts = ActivationCounts()  # activations failed here, read by metrics
+
+    def queue_stats(self) -> tuple[int, int, int]:
+        """(queues, queued activations, container creations in progress), for metrics."""
+        queues = self._queues.values()
+        return (
+            len(self._queues),
+            sum(len(q.entries) for q in queues),
+            sum(len(q.creations) for q in queues),
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -285,6 +296,7 @@ class SchedulerService:
             logs=[],
             annotations=[],
         )
+        self.counts.count(record)
         try:
             self._activations.store(record)
         except SquallError as exc:  # refused loudly (buffer full); the caller is still answered

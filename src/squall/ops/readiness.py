@@ -1,0 +1,207 @@
+"""Readiness: one check per dependency of this process, each with its state, reason and fix.
+
+Answering `/readyz` never touches a store: the checks read state the components keep anyway
+(`unavailable_reason`, `durations_degraded`, the alarm service's state, the zygote) plus the
+outcome of a background probe, a point read on each store every few seconds. A Kubernetes
+probe every second therefore costs the stores nothing, and a store that hangs cannot hang it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from squall.abc import ActivationStore, EntityStore, SandboxFactory
+from squall.alarms import AlarmService
+from squall.config import Settings
+from squall.scheduler.service import SchedulerService
+from squall.stores.select import StoreURL
+from squall.stores.urls import redact
+
+log = logging.getLogger("squall.ops")
+
+State = Literal["ok", "degraded", "unavailable", "starting"]
+STATES: tuple[State, ...] = ("ok", "degraded", "unavailable", "starting")
+PROBE_INTERVAL_S = 5.0
+PROBE_TIMEOUT_S = 3.0
+# A store probe looks up a name no entity or activation has: it reads an index, finds nothing.
+_PROBE_NAMESPACE = "guest"
+_PROBE_ACTIVATION_ID = "0" * 32
+_WHILE_DOWN = {
+    "entity_store": "requests that need it answer 503",
+    "activation_store": "activation records are buffered (up to SQUALL_ACTIVATION_BUFFER_MAX) "
+    "and written once it answers",
+}
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"(),]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The state of one dependency; `degraded` still counts as ready (it works, less well)."""
+
+    state: State
+    reason: str | None = None
+    fix: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state in ("ok", "degraded")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ready": self.ready, "state": self.state, "reason": self.reason, "fix": self.fix}
+
+
+OK = Check("ok")
+NOT_PROBED = Check("starting", "not checked yet")
+
+
+def scrub(text: str) -> str:
+    """Any URL in `text` without its password: reasons come from drivers, which may quote
+    the connection string they were given."""
+    return _URL.sub(lambda match: redact(match.group(0)), text)
+
+
+class Readiness:
+    """The checks of a standalone process (entity and activation stores, scheduler durations,
+    alarms, sandbox), kept current by a background probe of the stores."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        entities: EntityStore,
+        activations: ActivationStore,
+        scheduler: SchedulerService,
+        alarms: AlarmService,
+        sandboxes: SandboxFactory,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+    ) -> None:
+        self._settings = settings
+        self._entities, self._activations = entities, activations
+        self._scheduler, self._alarms, self._sandboxes = scheduler, alarms, sandboxes
+        self._interval = probe_interval_s
+        self._probed = dict.fromkeys(("entity_store", "activation_store"), NOT_PROBED)
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Probe once now (so a started platform reports the truth at once), then periodically."""
+        await self.probe()
+        self._task = asyncio.create_task(self._probe_forever(), name="squall-readiness-probe")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.probe()
+
+    async def probe(self) -> None:
+        """Point-read each store once, remembering the outcome (and logging changes once)."""
+        entity_url = self._settings.entity_store_url
+        activation_url = self._settings.activation_store_url
+        entity = _probe(self._entities.get_subject_by_namespace(_PROBE_NAMESPACE))
+        activation = _probe(self._activations.get(_PROBE_NAMESPACE, _PROBE_ACTIVATION_ID))
+        results = await asyncio.gather(entity, activation)
+        for name, reason, url in zip(
+            ("entity_store", "activation_store"),
+            results,
+            (entity_url, activation_url),
+            strict=True,
+        ):
+            check = OK if reason is None else Check("unavailable", reason, _store_fix(name, url))
+            self._remember(name, check)
+
+    def _remember(self, name: str, check: Check) -> None:
+        before = self._probed[name]
+        self._probed[name] = check
+        if check.ready and not before.ready and before is not NOT_PROBED:
+            log.warning("readiness: %s is ok again", name)
+        elif not check.ready and before.reason != check.reason:
+            log.warning("readiness: %s is unavailable: %s", name, check.reason)
+
+    # -- the report ----------------------------------------------------------------------------
+
+    def checks(self) -> dict[str, Check]:
+        return {
+            "entity_store": self._probed["entity_store"],
+            "activation_store": self._activation_store(),
+            "scheduler_durations": self._scheduler_durations(),
+            "alarms": self._alarm_check(),
+            "sandbox": self._sandbox(),
+        }
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, the `/readyz` body): ready when every check is ok or degraded."""
+        checks = self.checks()
+        ready = all(check.ready for check in checks.values())
+        return ready, {"ready": ready, "checks": {k: c.to_json() for k, c in checks.items()}}
+
+    def _activation_store(self) -> Check:
+        # The store's own flag is set by any failed write or read, between probes too.
+        reason = getattr(self._activations, "unavailable_reason", None)
+        if reason is None:
+            return self._probed["activation_store"]
+        url = self._settings.activation_store_url
+        return Check("unavailable", scrub(str(reason)), _store_fix("activation_store", url))
+
+    def _scheduler_durations(self) -> Check:
+        reason = self._scheduler.durations_degraded
+        if reason is None:
+            return OK
+        return Check(
+            "degraded",
+            scrub(f"the activation store cannot answer duration statistics: {reason}"),
+            "scheduling uses the durations containers report meanwhile; "
+            "see the activation_store check",
+        )
+
+    def _alarm_check(self) -> Check:
+        state = self._alarms.state
+        if state == "running":
+            return OK
+        if state == "starting":
+            return Check("starting", "loading alarms from the entity store", None)
+        return Check("unavailable", "the alarm service is shutting down", None)
+
+    def _sandbox(self) -> Check:
+        alive = getattr(self._sandboxes, "zygote_alive", True)
+        if alive is None:
+            return Check("starting", "the sandbox zygote has not started yet", None)
+        if alive:
+            return OK
+        return Check(
+            "unavailable",
+            "the sandbox zygote is not running",
+            "a new zygote starts with the next container; the log says why the last one exited",
+        )
+
+
+async def _probe(call: Any) -> str | None:
+    """None when the awaitable answers in time, else why not (without secrets)."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            await call
+    except TimeoutError:
+        return f"no answer within {PROBE_TIMEOUT_S:g} s"
+    except Exception as exc:  # any failure is the answer: the store cannot serve reads
+        return scrub(str(exc)) or type(exc).__name__
+    return None
+
+
+def _store_fix(name: str, url: StoreURL) -> str:
+    """What the operator should do; names the setting and the (redacted) URL in use."""
+    action = _WHILE_DOWN[name]
+    return (
+        f"make {url.redacted} reachable with the right credentials, or set {url.variable} to a "
+        f"store that is; {action}. Squall reconnects by itself, no restart needed"
+    )
