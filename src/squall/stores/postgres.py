@@ -33,6 +33,7 @@ from squall.abc import (
     ActivationQuery,
     DurationStats,
     EntityStore,
+    EntityWrite,
     JSONDict,
     RecordPage,
     StoredEntity,
@@ -270,6 +271,27 @@ class PostgresEntityStore(EntityStore):
             lambda conn: _entity_replace(conn, collection, namespace, name, doc, expected_revision),
         )
 
+    async def put_many(self, writes: Sequence[EntityWrite]) -> list[StoredEntity | ConflictError]:
+        """One transaction on one connection (alarm state arrives in batches of hundreds);
+        a create that meets a taken name fails inside its own savepoint, so only that write
+        fails."""
+
+        Result = StoredEntity | ConflictError
+
+        async def write_all(conn: psycopg.AsyncConnection[Any]) -> list[Result]:
+            results: list[Result] = []
+            async with conn.transaction():
+                for w in writes:
+                    try:
+                        results.append(await _entity_write(conn, w))
+                    except ConflictError as exc:
+                        results.append(exc)
+            return results
+
+        if not writes:
+            return []
+        return await self._db.run("writing entities", write_all)
+
     async def restore(self, entity: StoredEntity) -> StoredEntity:
         """Create an entity at its stored revision (`put` creates at 1; copies keep theirs)."""
 
@@ -391,6 +413,20 @@ async def _entity_page(
     )
     return [(seq, StoredEntity(coll, ns, name, rev, _loads(doc)))
             for seq, coll, ns, name, rev, doc in await cur.fetchall()]  # fmt: skip
+
+
+async def _entity_write(conn: psycopg.AsyncConnection[Any], w: EntityWrite) -> StoredEntity:
+    if w.expected_revision is not None:
+        return await _entity_replace(
+            conn, w.collection, w.namespace, w.name, w.doc, w.expected_revision
+        )
+    params = (w.namespace, w.name, w.collection, 1, now_ms(), dumps(w.doc))
+    try:
+        async with conn.transaction():  # a savepoint: a taken name must not abort the batch
+            await conn.execute(_ENTITY_INSERT, params)
+    except psycopg.errors.UniqueViolation as exc:
+        raise ConflictError(f"an entity named {w.namespace}/{w.name} already exists") from exc
+    return StoredEntity(w.collection, w.namespace, w.name, 1, w.doc)
 
 
 async def _entity_replace(
