@@ -19,6 +19,7 @@ buffered and are retried); any other database error becomes StoreError.
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
@@ -333,6 +334,22 @@ class PostgresEntityStore(EntityStore):
 
         return await self._db.run("listing entities", query)
 
+    async def scan(
+        self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
+    ) -> AsyncIterator[builtins.list[StoredEntity]]:
+        """Keyset pages along the primary key (OFFSET would re-read every skipped row)."""
+        where, params = _entity_scope(collection, namespace, prefix_match)
+        after: tuple[str, str] | None = None
+        while True:  # bounded: the key grows on every page and the table is finite
+            batch = await self._db.run(
+                "scanning entities", partial(_entity_scan, where, params, collection, after, page)
+            )
+            if batch:
+                yield batch
+                after = (batch[-1].namespace, batch[-1].name)
+            if len(batch) < page:
+                return
+
     async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:
         where, params = _entity_scope(collection, namespace, prefix_match)
 
@@ -460,6 +477,22 @@ async def _entity_delete(
             )
         await conn.execute(_ENTITY_DELETE, key)
     return True
+
+
+async def _entity_scan(
+    where: str, params: tuple[str, ...], collection: str, after: tuple[str, str] | None,
+    limit: int, conn: psycopg.AsyncConnection[Any],
+) -> list[StoredEntity]:
+    if after is not None:
+        where += " AND (namespace, name) > (%s, %s)"
+        params = (*params, *after)
+    cur = await conn.execute(
+        f"SELECT namespace, name, revision, doc::text FROM entities WHERE {where} "
+        "ORDER BY namespace, name LIMIT %s",
+        (*params, max(limit, 1)),
+    )
+    return [StoredEntity(collection, ns, nm, rev, _loads(doc))
+            for ns, nm, rev, doc in await cur.fetchall()]  # fmt: skip
 
 
 def _entity_scope(
