@@ -216,3 +216,34 @@ async def test_readiness_names_the_store_while_down_and_recovers_by_itself(
         await eventually(recovered)
     finally:
         await platform.close()
+
+
+async def test_readiness_names_the_entity_store_while_down_and_recovers(
+    pg: LocalPostgres, tmp_path: Path
+) -> None:
+    settings = replace(
+        make_settings(tmp_path / "data"), stores=StoreSettings(entity_store=url(pg))
+    )
+    platform = build_platform(settings)
+    await platform.start()
+    try:
+        transport = httpx.ASGITransport(app=platform.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://squall") as client:
+            pg.stop()
+            await platform.readiness.probe()  # what the background probe does every 5 s
+            response = await client.get("/readyz")
+            assert response.status_code == 503, response.text
+            check = response.json()["checks"]["entity_store"]
+            assert check["state"] == "unavailable" and check["reason"]
+            assert "SQUALL_ENTITY_STORE" in check["fix"]
+            assert PASSWORD not in response.text
+            assert (await client.get("/healthz")).status_code == 200
+            pg.start()
+
+            async def recovered() -> bool:
+                await platform.readiness.probe()
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(recovered)
+    finally:
+        await platform.close()
