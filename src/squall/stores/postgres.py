@@ -46,8 +46,10 @@ from squall.stores.options import parse_postgres_url
 from squall.stores.rows import (
     PURGE_CHUNK,
     STATS_WINDOW,
+    activation_filter,
     activation_row,
     dumps,
+    entity_scope,
     now_ms,
 )
 from squall.stores.urls import redact
@@ -321,7 +323,7 @@ class PostgresEntityStore(EntityStore):
         self, collection: str, namespace: str, *, skip: int = 0, limit: int = 30,
         prefix_match: bool = False,
     ) -> list[StoredEntity]:
-        where, params = _entity_scope(collection, namespace, prefix_match)
+        where, params = entity_scope(collection, namespace, prefix_match, "%s")
 
         async def query(conn: psycopg.AsyncConnection[Any]) -> list[StoredEntity]:
             cur = await conn.execute(
@@ -338,7 +340,7 @@ class PostgresEntityStore(EntityStore):
         self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
     ) -> AsyncIterator[builtins.list[StoredEntity]]:
         """Keyset pages along the primary key (OFFSET would re-read every skipped row)."""
-        where, params = _entity_scope(collection, namespace, prefix_match)
+        where, params = entity_scope(collection, namespace, prefix_match, "%s")
         after: tuple[str, str] | None = None
         while True:  # bounded: the key grows on every page and the table is finite
             batch = await self._db.run(
@@ -351,7 +353,7 @@ class PostgresEntityStore(EntityStore):
                 return
 
     async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:
-        where, params = _entity_scope(collection, namespace, prefix_match)
+        where, params = entity_scope(collection, namespace, prefix_match, "%s")
 
         async def query(conn: psycopg.AsyncConnection[Any]) -> int:
             cur = await conn.execute(f"SELECT count(*) FROM entities WHERE {where}", params)
@@ -495,18 +497,6 @@ async def _entity_scan(
             for ns, nm, rev, doc in await cur.fetchall()]  # fmt: skip
 
 
-def _entity_scope(
-    collection: str, namespace: str, prefix_match: bool
-) -> tuple[str, tuple[str, ...]]:
-    if not prefix_match:
-        return "collection = %s AND namespace = %s", (collection, namespace)
-    # The paths below `ns` are exactly [ns + "/", ns + "0") in byte order (COLLATE "C").
-    return (
-        "collection = %s AND (namespace = %s OR (namespace >= %s AND namespace < %s))",
-        (collection, namespace, namespace + "/", namespace + "0"),
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Activation store
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +563,7 @@ class PostgresActivationStore(BatchedActivationStore):
         return await self._db.run("reading an activation", query)
 
     async def _list(self, query: ActivationQuery) -> list[JSONDict]:
-        where, params = _activation_filter(query)
+        where, params = activation_filter(query, "%s")
 
         async def select(conn: psycopg.AsyncConnection[Any]) -> list[JSONDict]:
             cur = await conn.execute(
@@ -586,7 +576,7 @@ class PostgresActivationStore(BatchedActivationStore):
         return await self._db.run("listing activations", select)
 
     async def _count(self, query: ActivationQuery) -> int:
-        where, params = _activation_filter(query)
+        where, params = activation_filter(query, "%s")
 
         async def select(conn: psycopg.AsyncConnection[Any]) -> int:
             cur = await conn.execute(f"SELECT count(*) FROM activations WHERE {where}", params)
@@ -662,16 +652,3 @@ async def _record_page(
     return await cur.fetchall()
 
 
-def _activation_filter(query: ActivationQuery) -> tuple[str, list[Any]]:
-    clauses: list[str] = ["namespace = %s"]
-    params: list[Any] = [query.namespace]
-    if query.name is not None:
-        clauses.append("entity_path = %s")
-        params.append(query.name)
-    if query.since is not None:
-        clauses.append("start_ms >= %s")
-        params.append(query.since)
-    if query.upto is not None:
-        clauses.append("start_ms <= %s")
-        params.append(query.upto)
-    return " AND ".join(clauses), params

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from squall.abc import JSONDict
+from squall.abc import ActivationQuery, JSONDict
 
 STATS_WINDOW = 10_000  # most recent durations considered by duration_stats
 PURGE_CHUNK = 5_000  # rows per delete, so a large purge never holds the write lock for long
@@ -116,3 +116,39 @@ def percentile(ordered: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile: always a duration that was observed."""
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+# SQL shared by the SQL stores; `mark` is the driver's parameter placeholder (`?` or `%s`).
+
+
+def entity_scope(
+    collection: str, namespace: str, prefix_match: bool, mark: str
+) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause selecting a collection under a path (and below it on prefix_match)."""
+    if not prefix_match:
+        return f"collection = {mark} AND namespace = {mark}", (collection, namespace)
+    # The paths below `ns` are exactly the strings in [ns + "/", ns + "0"): "0" follows "/" in
+    # byte order (PostgreSQL compares them with COLLATE "C"). Unlike LIKE, a range gives `_`
+    # and `%` in names no meaning and uses the index.
+    return (
+        f"collection = {mark} AND (namespace = {mark} OR "
+        f"(namespace >= {mark} AND namespace < {mark}))",
+        (collection, namespace, namespace + "/", namespace + "0"),
+    )
+
+
+def activation_filter(query: ActivationQuery, mark: str) -> tuple[str, list[Any]]:
+    """The WHERE clause of an activation listing or count."""
+    clauses: list[str] = [f"namespace = {mark}"]
+    params: list[Any] = [query.namespace]
+    if query.name is not None:
+        clauses.append(f"entity_path = {mark}")
+        params.append(query.name)
+    if query.since is not None:
+        clauses.append(f"start_ms >= {mark}")
+        params.append(query.since)
+    if query.upto is not None:
+        clauses.append(f"start_ms <= {mark}")
+        params.append(query.upto)
+    return " AND ".join(clauses), params
+

@@ -42,7 +42,13 @@ from squall.abc import (
 )
 from squall.errors import ConflictError, StoreError
 from squall.stores.base import BatchedActivationStore
-from squall.stores.rows import PURGE_CHUNK, STATS_WINDOW, activation_row
+from squall.stores.rows import (
+    PURGE_CHUNK,
+    STATS_WINDOW,
+    activation_filter,
+    activation_row,
+    entity_scope,
+)
 from squall.stores.rows import dumps as _dumps
 from squall.stores.rows import now_ms as _now_ms
 from squall.stores.rows import percentile as _percentile
@@ -609,25 +615,11 @@ def _entity_delete(
     return True
 
 
-def _entity_scope(
-    collection: str, namespace: str, prefix_match: bool
-) -> tuple[str, tuple[str, ...]]:
-    """The WHERE clause selecting a collection under a path (and below it on prefix_match)."""
-    if not prefix_match:
-        return "collection = ? AND namespace = ?", (collection, namespace)
-    # The paths below `ns` are exactly the strings in [ns + "/", ns + "0"): "0" follows "/" in
-    # byte order. Unlike LIKE, a range gives `_` and `%` in names no meaning and uses the index.
-    return (
-        "collection = ? AND (namespace = ? OR (namespace >= ? AND namespace < ?))",
-        (collection, namespace, namespace + "/", namespace + "0"),
-    )
-
-
 def _entity_list(
     conn: sqlite3.Connection, collection: str, namespace: str, skip: int, limit: int,
     prefix_match: bool,
 ) -> list[StoredEntity]:
-    where, params = _entity_scope(collection, namespace, prefix_match)
+    where, params = entity_scope(collection, namespace, prefix_match, "?")
     rows = conn.execute(
         f"SELECT namespace, name, revision, doc FROM entities WHERE {where} "
         "ORDER BY updated DESC, seq DESC LIMIT ? OFFSET ?",
@@ -640,7 +632,7 @@ def _entity_scan(
     conn: sqlite3.Connection, collection: str, namespace: str, prefix_match: bool,
     after: tuple[str, str] | None, limit: int,
 ) -> list[StoredEntity]:
-    where, params = _entity_scope(collection, namespace, prefix_match)
+    where, params = entity_scope(collection, namespace, prefix_match, "?")
     if after is not None:  # keyset paging along the primary key (namespace, name)
         where += " AND (namespace, name) > (?, ?)"
         params = (*params, *after)
@@ -655,7 +647,7 @@ def _entity_scan(
 def _entity_count(
     conn: sqlite3.Connection, collection: str, namespace: str, prefix_match: bool
 ) -> int:
-    where, params = _entity_scope(collection, namespace, prefix_match)
+    where, params = entity_scope(collection, namespace, prefix_match, "?")
     return int(conn.execute(f"SELECT count(*) FROM entities WHERE {where}", params).fetchone()[0])
 
 
@@ -789,23 +781,8 @@ def _activation_get(
     return None if row is None else dict(_loads(row[0]))
 
 
-def _activation_filter(query: ActivationQuery) -> tuple[str, list[Any]]:
-    clauses: list[str] = ["namespace = ?"]
-    params: list[Any] = [query.namespace]
-    if query.name is not None:
-        clauses.append("entity_path = ?")
-        params.append(query.name)
-    if query.since is not None:
-        clauses.append("start_ms >= ?")
-        params.append(query.since)
-    if query.upto is not None:
-        clauses.append("start_ms <= ?")
-        params.append(query.upto)
-    return " AND ".join(clauses), params
-
-
 def _activations_list(conn: sqlite3.Connection, query: ActivationQuery) -> list[JSONDict]:
-    where, params = _activation_filter(query)
+    where, params = activation_filter(query, "?")
     rows = conn.execute(
         f"SELECT doc FROM activations WHERE {where} "
         "ORDER BY start_ms DESC, activation_id DESC LIMIT ? OFFSET ?",
@@ -815,7 +792,7 @@ def _activations_list(conn: sqlite3.Connection, query: ActivationQuery) -> list[
 
 
 def _activations_count(conn: sqlite3.Connection, query: ActivationQuery) -> int:
-    where, params = _activation_filter(query)
+    where, params = activation_filter(query, "?")
     return int(conn.execute(f"SELECT count(*) FROM activations WHERE {where}", params)
                .fetchone()[0])
 
