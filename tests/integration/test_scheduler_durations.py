@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,9 +28,18 @@ async def test_a_new_queue_starts_from_the_stores_average_duration(tmp_path: Pat
         await create_again(api)
         second = await api.post("/api/v1/namespaces/_/actions/slow?blocking=true", json={"s": 0})
         assert second.status_code == 200
+        # The lookup runs beside the cold start, not before it: wait for it (bounded).
+        await lookups_done(platform)
         (queue,) = queues(platform)
         assert queue.stored_average_ms == pytest.approx(duration)  # type: ignore[attr-defined]
         assert platform.scheduler.durations_degraded is None
+
+
+async def lookups_done(platform: object) -> None:
+    pending = set(platform.scheduler._lookups)  # type: ignore[attr-defined]
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=10)
+        assert not late, "the duration lookup did not finish within 10 s"
 
 
 async def create_again(api: object) -> None:
