@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -219,8 +219,20 @@ class DurationStats:
     p99_ms: float
 
 
+class RecordJournal(Protocol):
+    """Told of every record an activation store accepts and writes (stores/journal.py)."""
+
+    def accepted_record(self, record: JSONDict) -> None: ...
+
+    def written(self, activation_ids: Iterable[str]) -> None: ...
+
+
 class ActivationStore(abc.ABC):
     """Activation records in OpenWhisk's stored shape (see entities.activation)."""
+
+    # Set by the platform before start: the store reports each record it accepts and, once
+    # durable, each it wrote, so a crash in between is noticed at the next start.
+    journal: RecordJournal | None = None
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -32,6 +32,7 @@ from squall.ops.routes import ops_routes
 from squall.sandbox.process import ProcessSandboxFactory
 from squall.scheduler.service import SchedulerService
 from squall.stores import select
+from squall.stores.journal import JOURNAL_FILE, CrashJournal, JournaledBus
 from squall.stores.retention import RetentionService
 
 log = logging.getLogger("squall")
@@ -58,11 +59,15 @@ class Platform:
     retention: RetentionService
     readiness: Readiness
     app: ASGIApp
+    journal: CrashJournal | None = None
     guest_auth: str = field(default="", repr=False)
     warnings: list[str] = field(default_factory=list)
+    _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         prepare_data_dir(self.settings.data_dir)
+        if self.journal is not None:
+            self.journal.open()
         await start_with_retry(self.entities, "entity store")
         for component in (
             self.activations,  # an unreachable one buffers records and reconnects by itself
@@ -71,6 +76,9 @@ class Platform:
             self.sandboxes,
         ):
             await component.start()
+        if self.journal is not None and self.journal.open_count:
+            # Settled beside the start: it waits for the store when that is unreachable.
+            self._recovery = asyncio.create_task(self.journal.recover(self.activations))
         await self.readiness.start()  # its probe reads the stores, which are open now
         self.guest_auth = await ensure_guest(self.settings, self.entities)
         await self.retention.start()
@@ -83,6 +91,8 @@ class Platform:
         """Stop in reverse start order; every component is closed even if one fails (an
         activation store that cannot write its last records raises after the rest closed)."""
         first_error: BaseException | None = None
+        if self._recovery is not None:
+            self._recovery.cancel()
         for component in (self.alarms, self.controller, self.invoker, self.scheduler,
                           self.retention, self.readiness, self.sandboxes, self.coordinator,
                           self.bus, self.activations, self.entities):  # fmt: skip
@@ -91,6 +101,8 @@ class Platform:
             except Exception as exc:
                 log.error("closing %s failed: %s", type(component).__name__, exc)
                 first_error = first_error or exc
+        if self.journal is not None:
+            self.journal.close()  # kept when records could not be written: the next start
         if first_error is not None:
             raise first_error
 
@@ -101,7 +113,10 @@ def build_platform(settings: Settings) -> Platform:
     activations = select.activation_store(
         settings.activation_store_url, settings.data_dir, max_pending=settings.stores.buffer_max
     )
-    bus = MemoryBus()
+    # The in-process bus and the batched record writes live in memory: journal what they hold.
+    journal = CrashJournal(settings.data_dir / JOURNAL_FILE)
+    bus = JournaledBus(MemoryBus(), journal)
+    activations.journal = journal
     coordinator = LocalCoordinator()
     sandboxes = ProcessSandboxFactory(sandbox_root())
     limits = settings.limits
@@ -165,6 +180,7 @@ def build_platform(settings: Settings) -> Platform:
         RetentionService(activations, settings.stores.retention_s),
         readiness,
         app,
+        journal=journal,
         warnings=warnings,
     )
 

@@ -163,6 +163,8 @@ class BatchedActivationStore(ActivationStore):
                 "was refused rather than dropped"
             )
         self._pending[key] = record
+        if self.journal is not None:
+            self.journal.accepted_record(record)
         self._stored += 1
         if len(self._pending) >= self._batch_size:
             self._batch_full.set()
@@ -199,6 +201,8 @@ class BatchedActivationStore(ActivationStore):
     async def _write_batch(self, batch: Sequence[JSONDict]) -> None:
         await self._guard(self._write(batch))
         self._forget(batch)
+        if self.journal is not None:
+            self.journal.written(record["activationId"] for record in batch)
 
     def _forget(self, batch: Sequence[JSONDict]) -> None:
         for record in batch:
