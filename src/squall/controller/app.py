@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from squall import __version__
 from squall.abc import ActivationQuery
-from squall.controller.auth import Authenticator, Identity
+from squall.controller.auth import Authenticator, Identity, TooManyFailures
 from squall.controller.errors import (
     INTERNAL_ERROR,
     MALFORMED_JSON,
@@ -22,6 +23,7 @@ from squall.controller.errors import (
     RETRY_AFTER,
     STORE_UNAVAILABLE,
     TIMEOUT_RANGE,
+    TOO_MANY_AUTH_FAILURES,
     UNAUTHENTICATED,
     ApiError,
     not_authorized,
@@ -72,7 +74,10 @@ class Api:
         async def run(request: Request) -> Response:
             tid = new_transaction_id()
             try:
-                identity = await self.auth.identify(request.headers.get("authorization"))
+                identity = await self.auth.identify(
+                    request.headers.get("authorization"),
+                    request.client.host if request.client else None,
+                )
                 if identity is None:
                     raise ApiError(
                         401,
@@ -82,6 +87,9 @@ class Api:
                 return await handler(request, identity, tid)
             except ApiError as exc:
                 return error_response(exc, tid)
+            except TooManyFailures as exc:
+                retry = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+                return error_response(ApiError(429, TOO_MANY_AUTH_FAILURES, retry), tid)
             except DependencyUnavailable as exc:
                 # A store that is down is the operator's to fix and the client's to retry.
                 log.warning("%s %s (tid %s): %s", request.method, request.url.path, tid, exc)

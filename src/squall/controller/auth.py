@@ -79,25 +79,83 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return (uid, key) if sep and uid and key else None
 
 
+class TooManyFailures(Exception):
+    """A client failed to authenticate too often; it may try again after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"retry after {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
+
+
+class FailureThrottle:
+    """A token bucket of failed authentications per client address.
+
+    Guessing keys costs the guesser: past `burst` failures a client gets one attempt per
+    `1 / refill_per_s` seconds, answered 429 otherwise, without a key derivation (so guessing
+    cannot burn the controller's CPU either). It is per address, not per namespace: an attacker
+    hammering a namespace's uuid slows down only itself, never the key's owner.
+    """
+
+    def __init__(
+        self, *, burst: int = 10, refill_per_s: float = 1.0, max_clients: int = 10_000
+    ) -> None:
+        self._burst, self._refill, self._max = float(burst), refill_per_s, max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, at = self._buckets.get(client, (self._burst, now))
+        return min(self._burst, tokens + (now - at) * self._refill)
+
+    def check(self, client: str, now: float) -> None:
+        """Raise TooManyFailures when `client` has no attempt left."""
+        tokens = self._tokens(client, now)
+        if tokens < 1.0:
+            raise TooManyFailures((1.0 - tokens) / self._refill)
+
+    def failed(self, client: str, now: float) -> None:
+        if len(self._buckets) >= self._max and client not in self._buckets:
+            self._forget_refilled(now)
+        self._buckets[client] = (self._tokens(client, now) - 1.0, now)
+
+    def _forget_refilled(self, now: float) -> None:
+        full = [c for c in self._buckets if self._tokens(c, now) >= self._burst]
+        for client in full or list(self._buckets)[: self._max // 2]:
+            del self._buckets[client]
+
+
 class Authenticator:
     """Turns an Authorization header into an Identity, or None."""
 
-    def __init__(self, store: EntityStore) -> None:
+    def __init__(self, store: EntityStore, throttle: FailureThrottle | None = None) -> None:
         self._store = store
         self._cache: dict[str, tuple[float, Identity]] = {}
+        self._throttle = throttle or FailureThrottle()
+        # Digests of headers that verified once: their owner is let through a throttled address.
+        self._known_good: set[bytes] = set()
 
-    async def identify(self, header: str | None) -> Identity | None:
+    async def identify(self, header: str | None, client: str | None = None) -> Identity | None:
+        """The caller's identity; None for wrong credentials; TooManyFailures when `client`
+        (its address) failed too often and the header is not one known to be good."""
         if header is None:
             return None
         cached = self._cache.get(header)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
+        digest = hashlib.sha256(header.encode()).digest()
+        if client is not None and digest not in self._known_good:
+            self._throttle.check(client, now)
         identity = await self._verify(header)
-        if identity is not None:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[header] = (now + _CACHE_TTL_S, identity)
+        if identity is None:
+            if client is not None:
+                self._throttle.failed(client, now)
+            return None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        if len(self._known_good) > 100_000:
+            self._known_good.clear()
+        self._cache[header] = (now + _CACHE_TTL_S, identity)
+        self._known_good.add(digest)
         return identity
 
     async def _verify(self, header: str) -> Identity | None:
@@ -114,4 +172,6 @@ class Authenticator:
 
     def forget(self) -> None:
         """Drop every remembered header (after keys change)."""
+        # Known-good digests stay: they only exempt a header from the throttle; a revoked key
+        # still fails verification.
         self._cache.clear()
