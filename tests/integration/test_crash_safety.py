@@ -157,6 +157,11 @@ def test_sigkill_under_load_loses_nothing_silently(tmp_path: Path) -> None:
     finally:
         stop_server(final)
     assert not (data / "activations.journal").exists(), "a clean stop leaves no journal"
+    # Keys are kept hashed: no file of the data dir but the 0600 key file handed to the
+    # operator (guest.auth), and no log, holds the guest key.
+    for path in [*data.rglob("*"), *tmp_path.glob("*.log")]:
+        if path.is_file() and path.name != "guest.auth":
+            assert GUEST_KEY.encode() not in path.read_bytes(), path
 
 
 def is_lost_in_crash(record: dict[str, object]) -> bool:
