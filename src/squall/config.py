@@ -45,6 +45,7 @@ class SystemLimits:
     result_bytes: int = 1024 * 1024
     query_limit: int = 200
     max_blocking_wait_ms: int = 60_000
+    auth_failure_burst: int = 10  # failed logins per client address before one a second
 
 
 @dataclass(slots=True, frozen=True)
@@ -137,6 +138,7 @@ _ENV_LIMITS = {
     "LIMITS_TRIGGERS_FIRES_PERMINUTE": "fires_per_minute",
     "SQUALL_LIMITS_SEQUENCE_MAX_LENGTH": "sequence_max_length",
     "LIMITS_ACTIONS_SEQUENCE_MAXLENGTH": "sequence_max_length",
+    "SQUALL_LIMITS_AUTH_FAILURE_BURST": "auth_failure_burst",
 }
 _ENV_INVOKER = {
     "SQUALL_PREWARM_COUNT": "prewarm_count",

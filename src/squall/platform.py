@@ -20,7 +20,13 @@ from squall.alarms import AlarmService
 from squall.bus.memory import MemoryBus
 from squall.config import Settings
 from squall.controller.app import build_app
-from squall.controller.auth import Authenticator, generate_auth, subject_record, verify_key
+from squall.controller.auth import (
+    Authenticator,
+    FailureThrottle,
+    generate_auth,
+    subject_record,
+    verify_key,
+)
 from squall.controller.feeds import AlarmFeeds
 from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
@@ -145,7 +151,7 @@ def build_platform(settings: Settings) -> Platform:
         limits=limits,
         kinds=frozenset(sandboxes.kinds()),
     )
-    auth = Authenticator(entities)
+    auth = Authenticator(entities, FailureThrottle(burst=limits.auth_failure_burst))
     feeds = AlarmFeeds(controller)
     # The scheduler role owns alarm timers; in one process they fire through the controller.
     alarms = AlarmService(entities, feeds.fire, on_delete_after_fire=feeds.delete_after_fire)

@@ -41,6 +41,7 @@ from squall.controller.http import (
     query_value,
     read_body,
 )
+from squall.controller.openapi import openapi_document
 from squall.controller.service import ACTIONS, RULES, TRIGGERS, ControllerService
 from squall.entities.action import Action, InvalidEntity
 from squall.entities.activation import brief, is_activation_id
@@ -380,6 +381,10 @@ async def api_info(request: Request) -> Response:
     )
 
 
+async def api_docs(request: Request) -> Response:
+    return json_response(openapi_document())
+
+
 async def ping(request: Request) -> Response:
     return json_response({"status": "ok"})
 
@@ -493,6 +498,7 @@ def build_app(
     routes: list[BaseRoute] = [
         Route("/ping", ping, methods=["GET"]),
         Route("/api/v1", api_info, methods=["GET"]),
+        Route("/api/v1/api-docs", api_docs, methods=["GET"]),
         Route("/api/v1/namespaces", ep(api.namespaces), methods=["GET"]),
         Route(base + "/limits", ep(api.namespace_limits), methods=["GET"]),
         Route(base + "/actions", ep(api.list_actions), methods=["GET"]),
