@@ -78,8 +78,13 @@ async def test_bad_packages(api: httpx.AsyncClient) -> None:
     assert_error(await put_package(api, unique("p"), binding={"namespace": "guest"}), 400)
     missing = {"namespace": "_", "name": unique("none")}
     assert_error(await put_package(api, unique("p"), binding=missing), 400, "does not exist")
-    assert_error(await api.put(f"/api/v1/namespaces/_/actions/{unique('nopkg')}/a",
-                               json={"exec": {"kind": "python:3", "code": ECHO}}), 404)  # fmt: skip
+    assert_error(
+        await api.put(
+            f"/api/v1/namespaces/_/actions/{unique('nopkg')}/a",
+            json={"exec": {"kind": "python:3", "code": ECHO}},
+        ),
+        404,
+    )
     assert_error(await api.delete(f"/api/v1/namespaces/_/packages/{unique('p')}"), 404)
     assert_error(await api.put("/api/v1/namespaces/someone/packages/x", json={}), 403)
     taken = unique("t")
@@ -119,9 +124,13 @@ async def test_parameter_precedence_and_final(api: httpx.AsyncClient) -> None:
         assert_error(refused, 400, "not allowed")
     assert (await result_of(api, f"_/actions/{pkg}/echo", {"new": 1}))["new"] == 1
     assert_error(
-        await api.put(f"/api/v1/namespaces/_/actions/{binding}/x",
-                      json={"exec": {"kind": "python:3", "code": ECHO}}), 400, "binding",
-    )  # fmt: skip
+        await api.put(
+            f"/api/v1/namespaces/_/actions/{binding}/x",
+            json={"exec": {"kind": "python:3", "code": ECHO}},
+        ),
+        400,
+        "binding",
+    )
 
 
 async def test_package_cannot_turn_into_a_binding(api: httpx.AsyncClient) -> None:
@@ -144,16 +153,20 @@ async def test_rules_invoke_actions_in_packages_and_bindings(api: httpx.AsyncCli
     pkg, binding, trigger = unique("p"), unique("b"), unique("t")
     await put_package(api, pkg, parameters=kv(origin="package"))
     await put_action(api, f"{pkg}/echo")
-    await put_package(api, binding, binding={"namespace": "_", "name": pkg},
-                      parameters=kv(origin="binding"))  # fmt: skip
+    await put_package(
+        api, binding, binding={"namespace": "_", "name": pkg}, parameters=kv(origin="binding")
+    )
     await api.put(f"/api/v1/namespaces/_/triggers/{trigger}", json={})
     for rule, action in ((unique("r"), f"/_/{pkg}/echo"), (unique("r"), f"/_/{binding}/echo")):
         created = await api.put(
-            f"/api/v1/namespaces/_/rules/{rule}", json={"trigger": f"/_/{trigger}", "action": action}
+            f"/api/v1/namespaces/_/rules/{rule}",
+            json={"trigger": f"/_/{trigger}", "action": action},
         )
         assert created.status_code == 200, created.text
-    missing = await api.put(f"/api/v1/namespaces/_/rules/{unique('r')}",
-                            json={"trigger": f"/_/{trigger}", "action": f"/_/{pkg}/none"})  # fmt: skip
+    missing = await api.put(
+        f"/api/v1/namespaces/_/rules/{unique('r')}",
+        json={"trigger": f"/_/{trigger}", "action": f"/_/{pkg}/none"},
+    )
     assert_error(missing, 400, "does not exist")
     fired = await api.post(f"/api/v1/namespaces/_/triggers/{trigger}", json={"x": 1})
     assert fired.status_code == 202, fired.text
@@ -162,8 +175,9 @@ async def test_rules_invoke_actions_in_packages_and_bindings(api: httpx.AsyncCli
 
     lines = [orjson.loads(line) for line in trigger_record["logs"]]
     assert all(line["success"] for line in lines), lines
-    origins = sorted([(await poll(api, line["activationId"]))["response"]["result"]["origin"]
-                      for line in lines])  # fmt: skip
+    origins = sorted(
+        [(await poll(api, line["activationId"]))["response"]["result"]["origin"] for line in lines]
+    )
     assert origins == ["binding", "package"]
 
 
@@ -173,8 +187,9 @@ async def two_namespaces(platform: Platform) -> AsyncIterator[tuple[httpx.AsyncC
     await platform.entities.put_subject(subject_record("other", OTHER_AUTH))
     transport = httpx.ASGITransport(app=platform.app)
     clients = [
-        httpx.AsyncClient(transport=transport, base_url="http://squall", auth=tuple(a.split(":", 1)),
-                          timeout=30)  # fmt: skip
+        httpx.AsyncClient(
+            transport=transport, base_url="http://squall", auth=tuple(a.split(":", 1)), timeout=30
+        )
         for a in (GUEST_AUTH, OTHER_AUTH)
     ]
     try:
@@ -195,19 +210,25 @@ async def test_bindings_to_another_namespace(
     await put_action(other, "loose")
     # Unpublished: neither readable, bindable nor invocable from guest.
     assert_error(await guest.get("/api/v1/namespaces/other/packages/shared"), 403)
-    assert_error(await put_package(guest, "mine", binding={"namespace": "other",
-                                                           "name": "shared"}), 403)  # fmt: skip
+    assert_error(
+        await put_package(guest, "mine", binding={"namespace": "other", "name": "shared"}), 403
+    )
     assert_error(await guest.post("/api/v1/namespaces/other/actions/shared/echo", json={}), 403)
-    await other.put("/api/v1/namespaces/_/packages/shared", params={"overwrite": "true"},
-                    json={"publish": True})  # fmt: skip
+    await other.put(
+        "/api/v1/namespaces/_/packages/shared", params={"overwrite": "true"}, json={"publish": True}
+    )
     listed = (await guest.get("/api/v1/namespaces/other/packages")).json()
     assert [p["name"] for p in listed] == ["shared"]  # only the published one
     assert (await guest.get("/api/v1/namespaces/other/packages/shared")).status_code == 200
     assert_error(await guest.get("/api/v1/namespaces/other/packages/private"), 403)
     assert_error(await guest.post("/api/v1/namespaces/other/actions/loose", json={}), 403)
     assert_error(await guest.delete("/api/v1/namespaces/other/packages/shared"), 403)
-    bound = await put_package(guest, "mine", binding={"namespace": "other", "name": "shared"},
-                              parameters=kv(level="binding"))  # fmt: skip
+    bound = await put_package(
+        guest,
+        "mine",
+        binding={"namespace": "other", "name": "shared"},
+        parameters=kv(level="binding"),
+    )
     assert bound.status_code == 200, bound.text
     result = await result_of(guest, "_/actions/mine/echo", {"extra": 1})
     assert result == {"owner": "other", "level": "binding", "extra": 1}
@@ -217,6 +238,9 @@ async def test_bindings_to_another_namespace(
     records = (await guest.get("/api/v1/namespaces/_/activations", params={"limit": "5"})).json()
     assert records and all(r["namespace"] == "guest" for r in records)
     # Unpublishing the package closes the binding too.
-    await other.put("/api/v1/namespaces/_/packages/shared", params={"overwrite": "true"},
-                    json={"publish": False})  # fmt: skip
+    await other.put(
+        "/api/v1/namespaces/_/packages/shared",
+        params={"overwrite": "true"},
+        json={"publish": False},
+    )
     assert_error(await guest.post("/api/v1/namespaces/_/actions/mine/echo", json={}), 403)

@@ -47,8 +47,9 @@ async def test_sequence_chains_results_and_records_components(api: httpx.AsyncCl
     inc, dbl, seq = unique("inc"), unique("dbl"), unique("seq")
     await code_action(api, inc, INCREMENT, parameters=[{"key": "step", "value": 5}])
     await code_action(api, dbl, DOUBLE)
-    await sequence(api, seq, [f"/_/{inc}", f"/guest/{dbl}", inc],
-                   parameters=[{"key": "n", "value": 1}])  # fmt: skip
+    await sequence(
+        api, seq, [f"/_/{inc}", f"/guest/{dbl}", inc], parameters=[{"key": "n", "value": 1}]
+    )
     got = (await api.get(f"/api/v1/namespaces/_/actions/{seq}")).json()
     assert got["exec"] == {
         "kind": "sequence",
@@ -71,8 +72,11 @@ async def test_sequence_chains_results_and_records_components(api: httpx.AsyncCl
     assert record["duration"] == durations
     stored = await poll(api, record["activationId"])
     assert stored["logs"] == record["logs"]
-    only = await api.post(f"/api/v1/namespaces/_/actions/{seq}",
-                          json={"n": 10}, params={"blocking": "true", "result": "true"})  # fmt: skip
+    only = await api.post(
+        f"/api/v1/namespaces/_/actions/{seq}",
+        json={"n": 10},
+        params={"blocking": "true", "result": "true"},
+    )
     assert only.json() == {"n": (10 + 5) * 2 + 5}
 
 
@@ -166,8 +170,9 @@ async def test_sequence_length_limit_is_configurable(tmp_path: Path) -> None:
     await instance.start()
     try:
         transport = httpx.ASGITransport(app=instance.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://squall",
-                                     auth=(GUEST_UUID, GUEST_KEY), timeout=30) as api:  # fmt: skip
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://squall", auth=(GUEST_UUID, GUEST_KEY), timeout=30
+        ) as api:
             inc, pair = unique("inc"), unique("pair")
             await code_action(api, inc, INCREMENT)
             await sequence(api, unique("three"), [inc, inc, inc])

@@ -67,8 +67,9 @@ async def test_request_becomes_parameters(api: httpx.AsyncClient) -> None:
     assert len(response.headers["x-openwhisk-activation-id"]) == 32
     form = await api.put(url + ".json", data={"f": "x"}, auth=None)
     assert form.json()["body"]["f"] == "x" and form.json()["body"]["__ow_method"] == "put"
-    text = await api.post(url + ".json", content=b"plain", headers={"Content-Type": "text/plain"},
-                          auth=None)  # fmt: skip
+    text = await api.post(
+        url + ".json", content=b"plain", headers={"Content-Type": "text/plain"}, auth=None
+    )
     assert text.json()["body"]["__ow_body"] == "plain"
 
 
@@ -130,8 +131,11 @@ async def test_reserved_and_final_parameters(api: httpx.AsyncClient) -> None:
     assert_error(await api.post(url + ".json", json={"__ow_path": "/x"}, auth=None), 400)
     name = unique("w")
     final = await web_action(api, name, final=True)
-    await api.put(f"/api/v1/namespaces/_/actions/{name}", params={"overwrite": "true"},
-                  json={"parameters": kv(fixed="yes")})  # fmt: skip
+    await api.put(
+        f"/api/v1/namespaces/_/actions/{name}",
+        params={"overwrite": "true"},
+        json={"parameters": kv(fixed="yes")},
+    )
     assert_error(await api.get(final + ".json?fixed=no", auth=None), 400, "not allowed")
     assert (await api.get(final + ".json", auth=None)).json()["body"]["fixed"] == "yes"
 
@@ -162,9 +166,11 @@ async def test_options_and_cors(api: httpx.AsyncClient) -> None:
     assert preflight.headers["access-control-allow-headers"] == "X-Mine"
     assert "PATCH" in preflight.headers["access-control-allow-methods"]
     custom = await web_action(
-        api, unique("w"), "def main(a):\n    return {'statusCode': 204, 'headers': {'Allow': 'GET'}}\n",
+        api,
+        unique("w"),
+        "def main(a):\n    return {'statusCode': 204, 'headers': {'Allow': 'GET'}}\n",
         **{"web-custom-options": True},
-    )  # fmt: skip
+    )
     handled = await api.options(custom, auth=None)
     assert handled.status_code == 204 and handled.headers["allow"] == "GET"
     assert "access-control-allow-origin" not in handled.headers
@@ -190,22 +196,34 @@ async def test_web_action_in_a_package_and_too_large(api: httpx.AsyncClient) -> 
     await web_action(api, f"{pkg}/{name}")
     response = await api.get(f"/api/v1/web/guest/{pkg}/{name}.json", auth=None)
     assert response.status_code == 200 and response.json()["body"]["p"] == "pkg"
-    huge = await api.post(f"/api/v1/web/guest/{pkg}/{name}.json", content=b"x" * (1024 * 1024 + 1),
-                          headers={"Content-Type": "text/plain"}, auth=None)  # fmt: skip
+    huge = await api.post(
+        f"/api/v1/web/guest/{pkg}/{name}.json",
+        content=b"x" * (1024 * 1024 + 1),
+        headers={"Content-Type": "text/plain"},
+        auth=None,
+    )
     assert_error(huge, 413)
 
 
 async def test_web_sequence(api: httpx.AsyncClient) -> None:
     first, seq = unique("a"), unique("s")
     code = "def main(args):\n    return {'name': args['__ow_method'] + '-' + args.get('n', '')}\n"
-    await api.put(f"/api/v1/namespaces/_/actions/{first}",
-                  json={"exec": {"kind": "python:3", "code": code}})  # fmt: skip
+    await api.put(
+        f"/api/v1/namespaces/_/actions/{first}", json={"exec": {"kind": "python:3", "code": code}}
+    )
     second = unique("b")
-    await api.put(f"/api/v1/namespaces/_/actions/{second}",
-                  json={"exec": {"kind": "python:3", "code": "def main(a):\n    return {'body': a['name']}\n"}})  # fmt: skip
-    await api.put(f"/api/v1/namespaces/_/actions/{seq}", json={
-        "exec": {"kind": "sequence", "components": [first, second]},
-        "annotations": kv(**{"web-export": True}),
-    })  # fmt: skip
+    await api.put(
+        f"/api/v1/namespaces/_/actions/{second}",
+        json={
+            "exec": {"kind": "python:3", "code": "def main(a):\n    return {'body': a['name']}\n"}
+        },
+    )
+    await api.put(
+        f"/api/v1/namespaces/_/actions/{seq}",
+        json={
+            "exec": {"kind": "sequence", "components": [first, second]},
+            "annotations": kv(**{"web-export": True}),
+        },
+    )
     response = await api.get(f"/api/v1/web/guest/default/{seq}.http?n=7", auth=None)
     assert response.status_code == 200 and response.text == "get-7"

@@ -120,8 +120,9 @@ class Packages:
                 ACTIONS, contents_of.qualified, limit=self._limits.query_limit
             )
         ]
-        summary = [{"name": a.name, "version": a.version, "annotations": a.annotations}
-                   for a in actions]  # fmt: skip
+        summary = [
+            {"name": a.name, "version": a.version, "annotations": a.annotations} for a in actions
+        ]
         view["actions"] = [s for s, a in zip(summary, actions, strict=True) if not _is_feed(a)]
         view["feeds"] = [s for s, a in zip(summary, actions, strict=True) if _is_feed(a)]
         return view

@@ -189,8 +189,9 @@ class Sequences:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("sequence %s (%s) failed", run.resolved.action.qualified,
-                          run.activation_id)  # fmt: skip
+            log.exception(
+                "sequence %s (%s) failed", run.resolved.action.qualified, run.activation_id
+            )
             response = ActivationResponse(WHISK_ERROR, {"error": SEQUENCE_FAILED})
         record = self._record(run, own, start, response)
         try:
@@ -226,9 +227,14 @@ class Sequences:
         try:
             path = parse_qualified(component, run.identity.namespace)
             prepared = await self._service.prepare(
-                run.identity, path, payload, blocking=True,
-                transaction_id=run.transaction_id, cause=run.activation_id, in_sequence=True,
-            )  # fmt: skip
+                run.identity,
+                path,
+                payload,
+                blocking=True,
+                transaction_id=run.transaction_id,
+                cause=run.activation_id,
+                in_sequence=True,
+            )
         except IllegalName:
             return None, ActivationResponse(APPLICATION_ERROR, {"error": COMPONENT_MISSING})
         except ApiError as exc:

@@ -40,9 +40,7 @@ from squall.errors import DependencyUnavailable
 
 log = logging.getLogger("squall.controller.web")
 
-RESERVED = frozenset(
-    f"__ow_{k}" for k in ("method", "headers", "path", "user", "query", "body")
-)  # fmt: skip
+RESERVED = frozenset(f"__ow_{k}" for k in ("method", "headers", "path", "user", "query", "body"))
 EXTENSIONS = (".http", ".json", ".html", ".svg", ".text")
 DEFAULT_PACKAGE = "default"
 PROPERTY_NOT_FOUND = "Response does not include requested property."
@@ -128,8 +126,9 @@ class WebActions:
             log.warning("web %s %s (tid %s): %s", request.method, request.url.path, tid, exc)
             return error_response(ApiError(503, STORE_UNAVAILABLE, dict(RETRY_AFTER)), tid)
         except Exception:
-            log.exception("unexpected error in web %s %s (tid %s)", request.method,
-                          request.url.path, tid)  # fmt: skip
+            log.exception(
+                "unexpected error in web %s %s (tid %s)", request.method, request.url.path, tid
+            )
             return error_response(ApiError(500, INTERNAL_ERROR), tid)
 
     async def _find(self, path: EntityPath) -> tuple[Identity, ResolvedAction]:
@@ -158,8 +157,9 @@ class WebActions:
     ) -> Response:
         action = resolved.action
         caller = await self._auth.identify(request.headers.get("authorization"))
-        if request.method != "OPTIONS" and not _authorized(action.annotation("require-whisk-auth"),
-                                                           request, caller):  # fmt: skip
+        if request.method != "OPTIONS" and not _authorized(
+            action.annotation("require-whisk-auth"), request, caller
+        ):
             raise ApiError(401, UNAUTHENTICATED)
         raw_http = action.annotation("raw-http") is True
         body = await read_body(request, self._service.limits.payload_bytes)
