@@ -70,6 +70,9 @@ async def test_package_lifecycle(api: httpx.AsyncClient) -> None:
     assert deleted.status_code == 200, deleted.text
     assert_error(await api.get(f"/api/v1/namespaces/_/packages/{pkg}"), 404)
     assert_error(await api.get(f"/api/v1/namespaces/_/actions/{pkg}/echo"), 404)
+    # A package of the same name later starts empty: no cached copy of the old action.
+    await put_package(api, pkg)
+    assert_error(await api.post(f"/api/v1/namespaces/_/actions/{pkg}/echo", json={}), 404)
 
 
 async def test_bad_packages(api: httpx.AsyncClient) -> None:

@@ -292,7 +292,7 @@ class Api:
 
     async def delete_package(self, request: Request, identity: Identity, tid: str) -> Response:
         path = self.simple_path(request, identity, "package name")
-        package = await self.service.packages.delete(path, force=query_bool(request, "force"))
+        package = await self.service.delete_package(path, force=query_bool(request, "force"))
         return json_response(package.to_json(), transaction_id=tid)
 
     # -- triggers --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from squall.entities.activation import (
     new_activation_id,
 )
 from squall.entities.names import EntityPath, IllegalName, parse_qualified
+from squall.entities.package import Package
 from squall.entities.rule import Rule, build_rule
 from squall.entities.trigger import ACTIVE, INACTIVE, RuleLink, Trigger, build_trigger
 from squall.errors import ConflictError
@@ -149,6 +150,14 @@ class ControllerService:
         if not await self.entities.delete(ACTIONS, path.path, path.name):
             raise ApiError(404, NOT_FOUND)
         return action
+
+    async def delete_package(self, path: EntityPath, *, force: bool) -> Package:
+        """Delete a package (with its actions when `force`), forgetting their cached copies."""
+        package = await self.packages.delete(path, force=force)
+        inside = f"{path.namespace}/{path.name}"
+        for key in [k for k in self._actions if k[0] == inside]:
+            del self._actions[key]
+        return package
 
     async def resolve_action(self, caller: str, path: EntityPath) -> ResolvedAction:
         """The action as namespace `caller` reaches it, through packages and bindings."""
