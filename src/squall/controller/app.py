@@ -52,6 +52,7 @@ log = logging.getLogger("squall.controller")
 
 Handler = Callable[[Request, Identity, str], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
+WEB_PREFIX = "/api/v1/web/"
 # Room for parameters and annotations (each up to the parameter limit) in a trigger/rule PUT.
 _ENTITY_BODY_SLACK = 64 * 1024
 
@@ -466,9 +467,9 @@ class ApiRouter:
     Starlette router, which answers 404 and 405 in OpenWhisk's shape.
     """
 
-    def __init__(self, api: Api, fallback: ASGIApp) -> None:
+    def __init__(self, api: Api, fallback: ASGIApp, web: WebActions) -> None:
         ep = api.endpoint
-        self._fallback = fallback
+        self._fallback, self._web = fallback, web
         action_handlers = {
             "GET": ep(api.get_action),
             "PUT": ep(api.put_action),
@@ -541,7 +542,13 @@ class ApiRouter:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            found = self._match(scope["method"], scope["path"])
+            path: str = scope["path"]
+            if path.startswith(WEB_PREFIX):
+                scope["path_params"] = {"rest": path[len(WEB_PREFIX) :]}
+                response = await self._web.handle(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+            found = self._match(scope["method"], path)
             if found is not None:
                 handler, scope["path_params"] = found
                 response = await handler(Request(scope, receive))
@@ -592,9 +599,9 @@ def build_app(
     ]
     every_method = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
     web = WebActions(service, auth)
-    routes.append(Route("/api/v1/web/{rest:path}", web.handle, methods=every_method))
+    routes.append(Route(WEB_PREFIX + "{rest:path}", web.handle, methods=every_method))
     routes.append(Route("/{path:path}", fallback(list(routes)), methods=every_method))
-    return ApiRouter(api, Router(routes=routes))
+    return ApiRouter(api, Router(routes=routes), web)
 
 
 def _action_routes(path: str, api: Api) -> list[Route]:

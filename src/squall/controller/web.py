@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -59,6 +60,8 @@ _TEXT_APPLICATION = frozenset(
 )
 
 Headers = list[tuple[str, str]]
+_OWNER_CACHE_TTL_S = 60.0
+_OWNER_CACHE_SIZE = 10_000
 
 
 def invalid_media(media_type: str) -> str:
@@ -107,6 +110,9 @@ class WebActions:
 
     def __init__(self, service: ControllerService, auth: Authenticator) -> None:
         self._service, self._auth = service, auth
+        # Owners' identities, remembered briefly: looking one up is a store query, and web
+        # requests carry no key to cache by (Authenticator caches the same way, 60 s).
+        self._owners: dict[str, tuple[float, Identity | None]] = {}
 
     async def handle(self, request: Request) -> Response:
         tid = new_transaction_id()
@@ -133,7 +139,7 @@ class WebActions:
 
     async def _find(self, path: EntityPath) -> tuple[Identity, ResolvedAction]:
         """The owner and the exported action; anything else is 404, so nothing leaks."""
-        owner = await self._service.system_identity(path.namespace)
+        owner = await self._owner(path.namespace)
         if owner is None:
             raise ApiError(404, NOT_FOUND)
         try:
@@ -145,6 +151,17 @@ class WebActions:
         if resolved.action.annotation("web-export") is not True:
             raise ApiError(404, NOT_FOUND)
         return owner, resolved
+
+    async def _owner(self, namespace: str) -> Identity | None:
+        now = time.monotonic()
+        cached = self._owners.get(namespace)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        owner = await self._service.system_identity(namespace)
+        if len(self._owners) > _OWNER_CACHE_SIZE:
+            self._owners.clear()
+        self._owners[namespace] = (now + _OWNER_CACHE_TTL_S, owner)
+        return owner
 
     async def _run(
         self,
