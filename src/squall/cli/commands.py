@@ -1,5 +1,5 @@
 """The client subcommands of `squall`, shaped like `wsk`: `property`, `action`, `trigger`,
-`rule`, `activation`.
+`rule`, `activation` (and `package`, from cli/packages.py).
 
 `cli` is the root group. Importing this module has no side effects: server-side commands
 (`standalone`, `admin`, ...) are attached elsewhere with `cli.add_command(...)`.
