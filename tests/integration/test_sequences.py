@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,23 @@ async def test_sequence_length_limit_is_configurable(tmp_path: Path) -> None:
             assert_error(await put_action(api, unique("s"), nested), 400, "Too many actions")
     finally:
         await instance.close()
+
+
+async def test_a_rule_fires_a_sequence(api: httpx.AsyncClient) -> None:
+    inc, seq, trigger, rule = unique("inc"), unique("seq"), unique("t"), unique("r")
+    await code_action(api, inc, INCREMENT)
+    await sequence(api, seq, [inc, inc])
+    await api.put(f"/api/v1/namespaces/_/triggers/{trigger}", json={})
+    created = await api.put(
+        f"/api/v1/namespaces/_/rules/{rule}", json={"trigger": trigger, "action": seq}
+    )
+    assert created.status_code == 200, created.text
+    fired = await api.post(f"/api/v1/namespaces/_/triggers/{trigger}", json={"n": 10})
+    assert fired.status_code == 202, fired.text
+    trigger_id = fired.json()["activationId"]
+    line = json.loads((await poll(api, trigger_id))["logs"][0])
+    assert line["success"] is True, line
+    record = await poll(api, line["activationId"])
+    assert record["name"] == seq and record["cause"] == trigger_id
+    assert record["response"]["result"] == {"n": 12}
+    assert annotations(record)["topmost"] is True
