@@ -84,8 +84,8 @@ def timed(action: Any, count: int, warmup: int) -> list[float]:
 
 
 def phase_composition(plan: Plan) -> dict[str, Any]:
-    count = 30 if plan.smoke else 500
-    warmup = 5 if plan.smoke else 50
+    count = 10 if plan.smoke else 500
+    warmup = 2 if plan.smoke else 50
     out: dict[str, Any] = {"settings": SETTINGS, "count": count, "steps": STEPS}
     with squall_server(SETTINGS) as server:
         conn = Connection(server)
