@@ -31,18 +31,10 @@ def store_group() -> None:
 
 
 @store_group.command("migrate")
-@click.option(
-    "--entity-store",
-    "entity_url",
-    metavar="URL",
-    help="Entity store URL (default: SQUALL_ENTITY_STORE, else SQLite in the data dir).",
-)
-@click.option(
-    "--activation-store",
-    "activation_url",
-    metavar="URL",
-    help="Activation store URL (default: SQUALL_ACTIVATION_STORE, else SQLite).",
-)
+@click.option("--entity-store", "entity_url", metavar="URL",
+              help="Entity store URL (default: SQUALL_ENTITY_STORE, else SQLite in the data dir).")
+@click.option("--activation-store", "activation_url", metavar="URL",
+              help="Activation store URL (default: SQUALL_ACTIVATION_STORE, else SQLite).")
 def store_migrate(entity_url: str | None, activation_url: str | None) -> None:
     """Create or upgrade the schemas (tables, indexes, index templates); safe to repeat."""
     settings = _settings()
@@ -73,11 +65,8 @@ async def _migrate(entities: EntityStore, activations: ActivationStore) -> None:
 @store_group.command("copy")
 @click.option("--from", "source_url", required=True, metavar="URL", help="Store to read.")
 @click.option("--to", "target_url", required=True, metavar="URL", help="Store to write.")
-@click.option(
-    "--only",
-    type=click.Choice(["entities", "activations"]),
-    help="Copy one kind only (default: everything both stores can hold).",
-)
+@click.option("--only", type=click.Choice(["entities", "activations"]),
+              help="Copy one kind only (default: everything both stores can hold).")
 def store_copy(source_url: str, target_url: str, only: str | None) -> None:
     """Copy entities, credentials and activations from one store to another.
 
