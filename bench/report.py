@@ -549,6 +549,30 @@ def notes_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def composition_section(results: dict[str, Any]) -> list[str]:
+    r = results.get("composition")
+    if not r:
+        return []
+    headers = ("Measured", "Count", "p50 ms", "p90 ms", "p99 ms", "mean ms")
+    labels = (
+        ("sequence", f"{r.get('steps')}-step sequence, one blocking invoke"),
+        ("direct", f"the same {r.get('steps')} actions, blocking invokes one after another"),
+        ("web", "web action, GET /api/v1/web/... (.http)"),
+        ("invoke", "the same action, blocking invoke with result=true"),
+    )
+    rows = [
+        [label, (r.get(key) or {}).get("count"),
+         *((r.get(key) or {}).get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"))]
+        for key, label in labels
+    ]  # fmt: skip
+    intro = (
+        "One keep-alive connection from the harness, warm containers. p50 ratios: sequence / "
+        f"direct {fmt(r.get('sequence_over_direct_p50'))}, web / invoke "
+        f"{fmt(r.get('web_over_invoke_p50'))}."
+    )
+    return ["### Sequences and web actions", "", intro, "", *table(headers, rows)]
+
+
 def render(results: dict[str, Any]) -> str:
     mode = "smoke (not a measurement)" if results.get("plan", {}).get("smoke") else "full"
     lines = [
@@ -560,7 +584,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     for section in (
         targets_section, misses_section, latency_section, throughput_section, cold_section,
-        memory_section, alarms_section, stores_section, notes_section, settings_section,
+        memory_section, alarms_section, stores_section, composition_section, notes_section,
+        settings_section,
         machine_section,
     ):  # fmt: skip
         lines += section(results)

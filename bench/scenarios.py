@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from bench import alarms, stores, throughput
+from bench import alarms, composition, stores, throughput
 from bench.api import ACTIONS, Invocation, SquallClient
 from bench.loadgen import LoadgenProcess, Target
 from bench.procinfo import cpu_per_op, cpu_snapshot, tree_memory
@@ -271,4 +271,5 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "alarms_spread": alarms.phase_alarms_spread,
     "alarms_apscheduler": alarms.phase_apscheduler,
     "stores": stores.phase_stores,
+    "composition": composition.phase_composition,
 }

@@ -13,6 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+# The run takes ~90 s on a quiet 2-core machine (11 phases, each with its own servers) and
+# went past the suite's 120 s default under load: allow what the subprocess itself allows.
+@pytest.mark.timeout(300)
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
     completed = subprocess.run(

@@ -113,6 +113,49 @@ async function main() {
   await ow.triggers.delete({ name: triggerName });
   step("rule-toggle-delete", ruleName);
 
+  // Packages, a sequence across them, and a web action called over plain HTTP.
+  const pkg = name + "-pkg";
+  const createdPkg = await ow.packages.create({
+    name: pkg,
+    package: { parameters: [{ key: "name", value: "package" }] },
+  });
+  assert.strictEqual(createdPkg.name, pkg);
+  await ow.actions.create({ name: `${pkg}/hello`, action: code, kind: "python:3" });
+  const gotPkg = await ow.packages.get({ name: pkg });
+  assert.deepStrictEqual(gotPkg.actions.map((a) => a.name), ["hello"]);
+  const inPkg = await ow.actions.invoke({ name: `${pkg}/hello`, blocking: true, result: true });
+  assert.deepStrictEqual(inPkg, { greeting: "Hello package" });
+  assert.ok((await ow.packages.list()).some((p) => p.name === pkg));
+  step("package", gotPkg.name);
+
+  const seq = name + "-seq";
+  await ow.actions.create({ name: seq, sequence: [`/_/${pkg}/hello`, `/_/${name}`] });
+  const seqRecord = await ow.actions.invoke({ name: seq, blocking: true });
+  assert.deepStrictEqual(seqRecord.response.result, { greeting: "Hello stranger" });
+  assert.strictEqual(seqRecord.logs.length, 2);
+  step("sequence", seqRecord.activationId);
+
+  const web = name + "-web";
+  await ow.actions.create({
+    name: web,
+    action: "def main(args):\n    return {'body': 'hi ' + args.get('who', '?')}\n",
+    kind: "python:3",
+    annotations: { "web-export": true },
+  });
+  const page = await fetch(`${process.env.APIHOST}/api/v1/web/guest/default/${web}.http?who=js`);
+  assert.strictEqual(page.status, 200);
+  assert.strictEqual(await page.text(), "hi js");
+  step("web", page.headers.get("x-openwhisk-activation-id"));
+
+  await ow.actions.delete({ name: seq });
+  await ow.actions.delete({ name: web });
+  await ow.packages.delete({ name: pkg }).then(
+    () => assert.fail("a package with actions is deleted only with force"),
+    (err) => assert.strictEqual(err.statusCode, 409),
+  );
+  await ow.actions.delete({ name: `${pkg}/hello` });
+  await ow.packages.delete({ name: pkg });
+
   await ow.actions.delete({ name });
   try {
     await ow.actions.get({ name });

@@ -44,6 +44,9 @@ def test_official_client_drives_squall(server: ServerProcess) -> None:
         "fire",
         "feed",
         "rule-toggle-delete",
+        "package",
+        "sequence",
+        "web",
         "delete",
         "done",
     ]

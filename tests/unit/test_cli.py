@@ -873,6 +873,8 @@ def test_every_command_has_help(run: Run) -> None:
         ],
         ["activation"],
         *[["activation", c] for c in ("list", "get", "result", "logs", "poll")],
+        ["package"],
+        *[["package", c] for c in ("create", "update", "bind", "get", "list", "delete")],
     ]
     for words in commands:
         result = run(*words, "--help")
@@ -884,3 +886,101 @@ def test_settings_file_is_not_needed_for_help(tmp_path: Path) -> None:
     env = {"WSK_CONFIG_FILE": str(tmp_path / "absent"), "SQUALL_APIHOST": None}
     assert CliRunner().invoke(cli, ["action", "list", "--help"], env=env).exit_code == 0
     assert not os.path.exists(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------------------------- packages
+
+
+def test_package_commands_send_openwhisk_shapes(run: Run, server: FakeWhiskServer) -> None:
+    server.answer("PUT", "/namespaces/_/packages/tools", {"name": "tools"})
+    created = run("package", "create", "tools", "-p", "region", "eu", "--shared", "yes")
+    assert created.exit_code == 0, created.output
+    assert created.stdout == "ok: created package tools\n"
+    assert server.last.url.query == b""
+    assert sent_json(server.last) == {
+        "parameters": [{"key": "region", "value": "eu"}],
+        "publish": True,
+    }
+    updated = run("package", "update", "tools", "-a", "description", "kit")
+    assert updated.exit_code == 0, updated.output
+    assert server.last.url.params["overwrite"] == "true"
+    assert sent_json(server.last) == {"annotations": [{"key": "description", "value": "kit"}]}
+
+    server.answer("PUT", "/namespaces/_/packages/mine", {"name": "mine"})
+    bound = run("package", "bind", "/other/shared", "mine", "-p", "level", "2")
+    assert bound.exit_code == 0, bound.output
+    assert sent_json(server.last) == {
+        "binding": {"namespace": "other", "name": "shared"},
+        "parameters": [{"key": "level", "value": 2}],
+    }
+    local = run("package", "bind", "tools", "mine")
+    assert local.exit_code == 0, local.output
+    assert sent_json(server.last)["binding"] == {"namespace": "_", "name": "tools"}
+    assert run("package", "bind", "a/b", "mine").exit_code == 2
+
+    package = {
+        "namespace": "guest",
+        "name": "tools",
+        "publish": True,
+        "binding": {},
+        "parameters": [{"key": "region", "value": "eu"}],
+        "actions": [{"name": "echo"}],
+    }
+    server.answer("GET", "/namespaces/_/packages/tools", package)
+    summary = run("package", "get", "tools", "--summary")
+    assert summary.stdout.splitlines() == [
+        "package /guest/tools",
+        "   (parameters: region)",
+        " action /guest/tools/echo",
+    ]
+    server.answer("GET", "/namespaces/other/packages", [package])
+    listed = run("package", "list", "/other", "--limit", "5")
+    assert listed.stdout.splitlines() == ["packages", "/guest/tools  shared"]
+    assert server.last.url.params["limit"] == "5"
+
+    server.answer("DELETE", "/namespaces/_/packages/tools", package)
+    assert run("package", "delete", "tools", "--force").exit_code == 0
+    assert server.last.url.params["force"] == "true"
+    assert run("package", "delete", "tools").exit_code == 0
+    assert "force" not in server.last.url.params
+
+
+def test_action_create_sequence_and_web_annotations(
+    run: Run, server: FakeWhiskServer, tmp_path: Path
+) -> None:
+    server.answer("PUT", "/namespaces/_/actions/seq", {"name": "seq"})
+    result = run(
+        "action", "create", "seq", "--sequence", "a, tools/b,/other/pkg/c", "--web", "true"
+    )
+    assert result.exit_code == 0, result.output
+    assert sent_json(server.last) == {
+        "exec": {"kind": "sequence", "components": ["/_/a", "/_/tools/b", "/other/pkg/c"]},
+        "annotations": [
+            {"key": "web-export", "value": True},
+            {"key": "raw-http", "value": False},
+            {"key": "final", "value": True},
+        ],
+    }
+    server.answer("PUT", "/namespaces/_/actions/tools/page", {"name": "page"})
+    source = tmp_path / "page.py"
+    source.write_text("def main(args):\n    return {'body': 'hi'}\n")
+    raw = run(
+        "action", "update", "tools/page", str(source), "--web", "raw", "--web-secure", "s3cret"
+    )
+    assert raw.exit_code == 0, raw.output
+    assert server.last.url.path == "/api/v1/namespaces/_/actions/tools/page"
+    annotations = {a["key"]: a["value"] for a in sent_json(server.last)["annotations"]}
+    assert annotations == {
+        "web-export": True,
+        "raw-http": True,
+        "final": True,
+        "require-whisk-auth": "s3cret",
+    }
+    generated = run("action", "update", "tools/page", "--web-secure", "true")
+    secret = sent_json(server.last)["annotations"][0]["value"]
+    assert generated.exit_code == 0 and isinstance(secret, int) and secret >= 10**14
+    for bad in (
+        ["action", "create", "x"],
+        ["action", "create", "x", str(source), "--sequence", "a"],
+    ):
+        assert run(*bad).exit_code == 2

@@ -13,6 +13,9 @@ from squall.platform import Platform
 
 # The app's path parameter names, as the document spells them (OpenWhisk's Swagger names).
 RENAMED = {"ns": "namespace", "pkg": "package", "aid": "activationid"}
+# Web actions are routed by one catch-all (the action's name carries an extension and may be
+# followed by a path); the document describes their usual shape.
+DOCUMENTED_AS = {"/api/v1/web/{rest:path}": "/api/v1/web/{namespace}/{package}/{action}"}
 
 
 def served_operations(platform: Platform) -> set[tuple[str, str]]:
@@ -21,7 +24,9 @@ def served_operations(platform: Platform) -> set[tuple[str, str]]:
     for route in router.routes:
         if not isinstance(route, Route) or route.path == "/{path:path}":
             continue  # the fallback answers 404/405 and CORS preflight for every path
-        path = re.sub(r"\{(\w+)\}", lambda m: "{" + RENAMED.get(m[1], m[1]) + "}", route.path)
+        path = DOCUMENTED_AS.get(route.path) or re.sub(
+            r"\{(\w+)\}", lambda m: "{" + RENAMED.get(m[1], m[1]) + "}", route.path
+        )
         for method in route.methods or ():
             if method != "HEAD":  # Starlette adds HEAD to every GET
                 found.add((method.lower(), path))

@@ -3,7 +3,8 @@
 - `client`: `WhiskClient`, a thin synchronous httpx wrapper over the REST API v1, and `WhiskError`.
 - `properties`: the `~/.wskprops` file plus the environment and option overrides.
 - `commands`: the click group `cli` with the client subcommands (`property`, `action`,
-  `activation`); server-side commands are added to the same group elsewhere.
+  `trigger`, `rule`, `activation`); `packages` adds `package`; server-side commands are added
+  to the same group elsewhere.
 
 Nothing here imports the server, so the client stays cheap to start.
 """

@@ -153,6 +153,28 @@ class WhiskClient:
         )
         return _invocation(response)
 
+    # ---------------------------------------------------------------------------- packages
+
+    def list_packages(
+        self, namespace: str | None = None, *, limit: int | None = None, skip: int | None = None
+    ) -> list[JSON]:
+        """The caller's packages, or another namespace's published ones."""
+        query = _query(limit=limit, skip=skip)
+        url = f"/namespaces/{_segment(namespace or self.namespace)}/packages"
+        return _json_list(self._call("GET", url, params=query))
+
+    def get_package(self, name: str) -> JSON:
+        return _json_dict(self._call("GET", self._entity("packages", name)))
+
+    def put_package(self, name: str, body: Mapping[str, Any], *, overwrite: bool = False) -> JSON:
+        query = {"overwrite": "true"} if overwrite else {}
+        url = self._entity("packages", name)
+        return _json_dict(self._call("PUT", url, params=query, json=dict(body)))
+
+    def delete_package(self, name: str, *, force: bool = False) -> JSON:
+        query = {"force": "true"} if force else {}
+        return _json_dict(self._call("DELETE", self._entity("packages", name), params=query))
+
     # ---------------------------------------------------------------------------- triggers
 
     def list_triggers(self, *, limit: int | None = None, skip: int | None = None) -> list[JSON]:

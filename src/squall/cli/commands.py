@@ -1,5 +1,5 @@
 """The client subcommands of `squall`, shaped like `wsk`: `property`, `action`, `trigger`,
-`rule`, `activation`.
+`rule`, `activation` (and `package`, from cli/packages.py).
 
 `cli` is the root group. Importing this module has no side effects: server-side commands
 (`standalone`, `admin`, ...) are attached elsewhere with `cli.add_command(...)`.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ POLL_LOOKBACK_MS = 330_000
 MAX_LIST_LIMIT = 200
 STATUS_NAMES = {0: "success", 1: "application error", 2: "developer error", 3: "internal error"}
 KIND_BY_SUFFIX = {".py": "python:default"}
+WEB_CHOICES = ("true", "false", "yes", "no", "raw")
 BINARY_SUFFIXES = frozenset({".zip", ".jar"})
 # "<ISO timestamp> stdout: line" — what `--strip` removes.
 LOG_PREFIX = re.compile(r"^\S+\s+std(?:out|err):\s?")
@@ -303,6 +305,9 @@ class ActionOptions:
     memory: int | None
     logsize: int | None
     concurrency: int | None
+    sequence: str | None = None
+    web: str | None = None
+    web_secure: str | None = None
 
 
 def _json_file_option(*decls: str, help: str) -> Callable[[F], F]:
@@ -352,6 +357,22 @@ def action_put_options(f: F) -> F:
             metavar="N",
             help="Activations one container may run at once.",
         ),
+        click.option(
+            "--sequence",
+            metavar="A,B,...",
+            help="Make a sequence of these actions (comma-separated) instead of code.",
+        ),
+        click.option(
+            "--web",
+            type=click.Choice(WEB_CHOICES, case_sensitive=False),
+            help="Expose as a web action (raw: the request body and query stay unparsed).",
+        ),
+        click.option(
+            "--web-secure",
+            metavar="SECRET",
+            help="Require X-Require-Whisk-Auth: SECRET on web requests ('true': credentials, "
+            "'false': nothing).",
+        ),
     ]
     for decorate in reversed(decorators):
         f = decorate(f)
@@ -360,14 +381,19 @@ def action_put_options(f: F) -> F:
 
 @action_group.command("create")
 @click.argument("name")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @action_put_options
 @global_options()
 @pass_session
-def action_create(session: Session, /, name: str, file: Path, **options: Any) -> None:
-    """Create action NAME from FILE (.py source, or a .zip with --kind)."""
-    body = action_body(file, ActionOptions(**options))
-    session.client().put_action(name, body)
+def action_create(session: Session, /, name: str, file: Path | None, **options: Any) -> None:
+    """Create action NAME from FILE (.py source, or a .zip with --kind), or a --sequence."""
+    opts = ActionOptions(**options)
+    if file is None and opts.sequence is None:
+        raise click.UsageError("give the action's FILE, or --sequence A,B")
+    client = session.client()
+    client.put_action(name, action_body(file, opts, client.namespace))
     _ok(session, f"created action {name}")
 
 
@@ -381,20 +407,26 @@ def action_create(session: Session, /, name: str, file: Path, **options: Any) ->
 @pass_session
 def action_update(session: Session, /, name: str, file: Path | None, **options: Any) -> None:
     """Update (or create) action NAME; without FILE only the given settings change."""
-    body = action_body(file, ActionOptions(**options))
-    session.client().put_action(name, body, overwrite=True)
+    client = session.client()
+    client.put_action(name, action_body(file, ActionOptions(**options), client.namespace),
+                      overwrite=True)  # fmt: skip
     _ok(session, f"updated action {name}")
 
 
-def action_body(file: Path | None, options: ActionOptions) -> JSON:
+def action_body(file: Path | None, options: ActionOptions, namespace: str = "_") -> JSON:
     """The ActionPut body: only what was given, so an update keeps everything else."""
     body: JSON = {}
-    if file is not None:
+    if options.sequence is not None:
+        if file is not None or options.kind or options.main:
+            raise click.UsageError("--sequence takes no FILE, --kind or --main")
+        body["exec"] = sequence_exec(options.sequence, namespace)
+    elif file is not None:
         body["exec"] = exec_from_file(file, options.kind, options.main)
     elif options.kind or options.main:
         raise click.UsageError("--kind and --main need a FILE")
     parameters = _key_values(options.param_file, options.param)
     annotations = _key_values(options.annotation_file, options.annotation)
+    annotations += web_annotations(options.web, options.web_secure)
     limits = {
         "timeout": options.timeout,
         "memory": options.memory,
@@ -408,6 +440,35 @@ def action_body(file: Path | None, options: ActionOptions) -> JSON:
     if any(v is not None for v in limits.values()):
         body["limits"] = {k: v for k, v in limits.items() if v is not None}
     return body
+
+
+def sequence_exec(components: str, namespace: str) -> JSON:
+    """wsk's `--sequence a,b`: every component fully qualified (`/_/a`)."""
+    names = [c.strip() for c in components.split(",") if c.strip()]
+    if not names:
+        raise click.UsageError("--sequence needs at least one action name")
+    try:
+        return {"kind": "sequence", "components": [qualified_name(n, namespace) for n in names]}
+    except WhiskError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def web_annotations(web: str | None, secure: str | None) -> list[JSON]:
+    """wsk's `--web` and `--web-secure` as annotations (`final` comes with `--web`, as there)."""
+    out: list[JSON] = []
+    if web is not None:
+        exported = web.lower() in ("true", "yes", "raw")
+        out += [
+            {"key": "web-export", "value": exported},
+            {"key": "raw-http", "value": web.lower() == "raw"},
+            {"key": "final", "value": exported},
+        ]
+    if secure is not None:
+        value: Any = parse_value(secure) if secure.lower() in ("true", "false") else secure
+        if value is True:
+            value = secrets.randbelow(10**15) + 10**14  # wsk generates a number, too
+        out.append({"key": "require-whisk-auth", "value": value})
+    return out
 
 
 def exec_from_file(file: Path, kind: str | None, main: str | None) -> JSON:
@@ -1221,3 +1282,8 @@ def _action_kind(action: JSON) -> str:
     exec_ = action.get("exec")
     kind = exec_.get("kind") if isinstance(exec_, dict) else None
     return str(kind or _annotations(action).get("exec") or "-")
+
+
+# `squall package` lives in its own module, which builds on the helpers above; importing it
+# here (last, once they exist) registers it wherever `cli` is used.
+from squall.cli import packages as _package_commands  # noqa: E402, F401

@@ -42,7 +42,8 @@ from squall.controller.http import (
     read_body,
 )
 from squall.controller.openapi import openapi_document
-from squall.controller.service import ACTIONS, RULES, TRIGGERS, ControllerService
+from squall.controller.service import ACTIONS, PACKAGES, RULES, TRIGGERS, ControllerService
+from squall.controller.web import WebActions
 from squall.entities.action import Action, InvalidEntity
 from squall.entities.activation import brief, is_activation_id
 from squall.entities.names import DEFAULT_NAMESPACE, EntityPath, IllegalName, check_name
@@ -54,6 +55,7 @@ log = logging.getLogger("squall.controller")
 
 Handler = Callable[[Request, Identity, str], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
+WEB_PREFIX = "/api/v1/web/"
 # Room for parameters and annotations (each up to the parameter limit) in a trigger/rule PUT.
 _ENTITY_BODY_SLACK = 64 * 1024
 
@@ -109,8 +111,24 @@ class Api:
             return identity.namespace
         raise ApiError(403, not_authorized(ns))
 
-    def action_path(self, request: Request, identity: Identity) -> EntityPath:
-        ns = self.namespace(request, identity)
+    def readable_namespace(self, request: Request, identity: Identity) -> str:
+        """A namespace to read or invoke in: the caller's, or another one, whose published
+        packages the entitlement checks (controller/packages.py) open to everyone."""
+        ns = request.path_params["ns"]
+        if ns in (DEFAULT_NAMESPACE, identity.namespace):
+            return identity.namespace
+        try:
+            return check_name(ns, "namespace")
+        except IllegalName as exc:
+            raise ApiError(400, str(exc)) from exc
+
+    def action_path(
+        self, request: Request, identity: Identity, *, readable: bool = False
+    ) -> EntityPath:
+        if readable:
+            ns = self.readable_namespace(request, identity)
+        else:
+            ns = self.namespace(request, identity)
         params = request.path_params
         try:
             package = check_name(params["pkg"], "package name") if "pkg" in params else None
@@ -118,9 +136,11 @@ class Api:
         except IllegalName as exc:
             raise ApiError(400, str(exc)) from exc
 
-    def simple_path(self, request: Request, identity: Identity, what: str) -> EntityPath:
-        """`/namespaces/{ns}/{triggers|rules}/{name}`: entities that never live in a package."""
-        ns = self.namespace(request, identity)
+    def simple_path(
+        self, request: Request, identity: Identity, what: str, *, namespace: str | None = None
+    ) -> EntityPath:
+        """`/namespaces/{ns}/{triggers|rules|packages}/{name}`: entities never in a package."""
+        ns = namespace or self.namespace(request, identity)
         try:
             return EntityPath(ns, None, check_name(request.path_params["name"], what))
         except IllegalName as exc:
@@ -180,8 +200,8 @@ class Api:
         return json_response(views, transaction_id=tid)
 
     async def get_action(self, request: Request, identity: Identity, tid: str) -> Response:
-        path = self.action_path(request, identity)
-        _, action = await self.service.get_action(path)
+        path = self.action_path(request, identity, readable=True)
+        action = (await self.service.resolve_action(identity.namespace, path)).action
         include_code = query_bool(request, "code", True)
         return json_response(action.to_json(include_code=include_code), transaction_id=tid)
 
@@ -206,7 +226,7 @@ class Api:
             params["ns"], params.get("pkg"), params["name"]
         ):
             return await self.invoke_feed(request, identity, tid)
-        path = self.action_path(request, identity)
+        path = self.action_path(request, identity, readable=True)
         blocking = query_bool(request, "blocking")
         result_only = query_bool(request, "result")
         max_wait = self.limits.max_blocking_wait_ms
@@ -236,6 +256,54 @@ class Api:
         status = 200 if record["statusCode"] == 0 else 502
         body = record["response"]["result"] if query_bool(request, "result") else record
         return json_response(body, status, tid, headers)
+
+    async def list_package_actions(
+        self, request: Request, identity: Identity, tid: str
+    ) -> Response:
+        """`GET /actions/{pkg}/`: the actions of a package (of a bound one, for a binding)."""
+        ns = self.readable_namespace(request, identity)
+        try:
+            name = check_name(request.path_params["pkg"], "package name")
+        except IllegalName as exc:
+            raise ApiError(400, str(exc)) from exc
+        view = await self.service.packages.view(identity.namespace, ns, name)
+        return json_response(view["actions"] + view["feeds"], transaction_id=tid)
+
+    # -- packages --------------------------------------------------------------------------
+
+    async def list_packages(self, request: Request, identity: Identity, tid: str) -> Response:
+        ns = self.readable_namespace(request, identity)
+        if query_bool(request, "count"):
+            if ns != identity.namespace:
+                listed = await self.service.packages.list_packages(
+                    identity.namespace, ns, skip=0, limit=2**31
+                )
+                return json_response({"packages": len(listed)}, transaction_id=tid)
+            total = await self.service.entities.count(PACKAGES, ns)
+            return json_response({"packages": total}, transaction_id=tid)
+        skip, limit = self.list_window(request)
+        views = await self.service.packages.list_packages(
+            identity.namespace, ns, skip=skip, limit=limit
+        )
+        return json_response(views, transaction_id=tid)
+
+    async def get_package(self, request: Request, identity: Identity, tid: str) -> Response:
+        ns = self.readable_namespace(request, identity)
+        name = self.simple_path(request, identity, "package name", namespace=ns).name
+        view = await self.service.packages.view(identity.namespace, ns, name)
+        return json_response(view, transaction_id=tid)
+
+    async def put_package(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.simple_path(request, identity, "package name")
+        overwrite = query_bool(request, "overwrite")
+        body = await self.entity_body(request)
+        package = await self.service.packages.put(path, body, overwrite)
+        return json_response(package.to_json(), transaction_id=tid)
+
+    async def delete_package(self, request: Request, identity: Identity, tid: str) -> Response:
+        path = self.simple_path(request, identity, "package name")
+        package = await self.service.delete_package(path, force=query_bool(request, "force"))
+        return json_response(package.to_json(), transaction_id=tid)
 
     # -- triggers --------------------------------------------------------------------------
 
@@ -412,9 +480,9 @@ class ApiRouter:
     Starlette router, which answers 404 and 405 in OpenWhisk's shape.
     """
 
-    def __init__(self, api: Api, fallback: ASGIApp) -> None:
+    def __init__(self, api: Api, fallback: ASGIApp, web: WebActions) -> None:
         ep = api.endpoint
-        self._fallback = fallback
+        self._fallback, self._web = fallback, web
         action_handlers = {
             "GET": ep(api.get_action),
             "PUT": ep(api.put_action),
@@ -440,6 +508,14 @@ class ApiRouter:
             ),
             "rules": (api.list_rules, api.get_rule, api.put_rule, api.delete_rule, api.rule_status),
         }
+        self._table[("GET", "packages", 0)] = ep(api.list_packages)
+        for method, one in (
+            ("GET", api.get_package),
+            ("PUT", api.put_package),
+            ("DELETE", api.delete_package),
+        ):
+            self._table[(method, "packages", 1)] = ep(one)
+        self._package_actions = ep(api.list_package_actions)
         for collection, (listing, get, put, delete, post) in named.items():
             self._table[("GET", collection, 0)] = ep(listing)
             for method, one in (("GET", get), ("PUT", put), ("DELETE", delete), ("POST", post)):
@@ -455,6 +531,9 @@ class ApiRouter:
         if len(parts) < 6 or parts[3] != "namespaces" or parts[1] != "api" or parts[2] != "v1":
             return None
         ns, collection, rest = parts[4], parts[5], parts[6:]
+        # `actions/{pkg}/`: wsk's listing of one package's actions.
+        if collection == "actions" and method == "GET" and rest[:1] != [""] and rest[1:] == [""]:
+            return self._package_actions, {"ns": ns, "pkg": rest[0]}
         if not ns or any(not p for p in rest):
             return None
         if collection == "activations" and len(rest) == 2 and method == "GET":
@@ -476,7 +555,13 @@ class ApiRouter:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            found = self._match(scope["method"], scope["path"])
+            path: str = scope["path"]
+            if path.startswith(WEB_PREFIX):
+                scope["path_params"] = {"rest": path[len(WEB_PREFIX) :]}
+                response = await self._web.handle(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+            found = self._match(scope["method"], path)
             if found is not None:
                 handler, scope["path_params"] = found
                 response = await handler(Request(scope, receive))
@@ -511,6 +596,10 @@ def build_app(
             (api.get_trigger, api.put_trigger, api.delete_trigger, api.fire_trigger),
         ),
         Route(base + "/rules", ep(api.list_rules), methods=["GET"]),
+        Route(base + "/packages", ep(api.list_packages), methods=["GET"]),
+        Route(base + "/packages/{name}", ep(api.get_package), methods=["GET"]),
+        Route(base + "/packages/{name}", ep(api.put_package), methods=["PUT"]),
+        Route(base + "/packages/{name}", ep(api.delete_package), methods=["DELETE"]),
         *_entity_routes(
             base + "/rules/{name}",
             api,
@@ -523,8 +612,10 @@ def build_app(
         *(extra_routes or []),
     ]
     every_method = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+    web = WebActions(service, auth)
+    routes.append(Route(WEB_PREFIX + "{rest:path}", web.handle, methods=every_method))
     routes.append(Route("/{path:path}", fallback(list(routes)), methods=every_method))
-    return ApiRouter(api, Router(routes=routes))
+    return ApiRouter(api, Router(routes=routes), web)
 
 
 def _action_routes(path: str, api: Api) -> list[Route]:

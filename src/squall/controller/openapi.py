@@ -107,7 +107,7 @@ def _listing(kind: str, schema: str) -> JSON:
     }
 
 
-def _entity(kind: str, schema: str, put: str, post: JSON, extra: list[JSON]) -> JSON:
+def _entity(kind: str, schema: str, put: str, post: JSON | None, extra: list[JSON]) -> JSON:
     params = [_path_name(kind), *extra]
     found = ("400", "401", "403", "404", "503")
     return {
@@ -127,8 +127,40 @@ def _entity(kind: str, schema: str, put: str, post: JSON, extra: list[JSON]) -> 
             parameters=params,
             errors=found,
         ),
-        "post": {**post, "parameters": [*params, *post.get("parameters", [])]},
+        **(
+            {"post": {**post, "parameters": [*params, *post.get("parameters", [])]}} if post else {}
+        ),
     }
+
+
+def _package() -> JSON:
+    item = _entity("package", "Package", "PackagePut", None, [])
+    force = _query_flag("force", "Delete the package's actions too")
+    item["delete"]["parameters"].append(force)
+    item["delete"]["responses"].update(_errors("409"))
+    return item
+
+
+def _web() -> JSON:
+    """Web actions answer what the action says: any status, any content type."""
+    params = [
+        _param("namespace", "path", {"type": "string", "minLength": 1}, "The owner namespace"),
+        _param("package", "path", {"type": "string", "minLength": 1}, "Package, or default"),
+        _param(
+            "action",
+            "path",
+            {"type": "string", "minLength": 1},
+            "The action with an extension: .http, .json, .html, .svg or .text",
+        ),
+    ]
+    operation = {
+        "summary": "Call a web action (annotation web-export)",
+        "security": [{}, {"basic": []}],  # credentials only for require-whisk-auth: true
+        "parameters": params,
+        "responses": {"default": {"description": "The action's response, or an error"}},
+    }
+    methods = ("get", "post", "put", "delete", "patch", "options")
+    return {method: {**operation, "parameters": list(params)} for method in methods}
 
 
 def _invoke() -> JSON:
@@ -252,6 +284,9 @@ def _paths() -> JSON:
         ),
         f"{NS}/triggers": _listing("triggers", "TriggerBrief"),
         f"{NS}/triggers/{{name}}": _entity("trigger", "Trigger", "TriggerPut", _fire(), []),
+        f"{NS}/packages": _listing("packages", "Package"),
+        f"{NS}/packages/{{name}}": _package(),
+        "/api/v1/web/{namespace}/{package}/{action}": _web(),
         f"{NS}/rules": _listing("rules", "Rule"),
         f"{NS}/rules/{{name}}": _entity("rule", "Rule", "RulePut", _rule_status(), []),
         **_activation_paths(),
@@ -362,6 +397,19 @@ def _schemas() -> JSON:
             trigger=_obj(["path", "name"], path={"type": "string"}, name={"type": "string"}),
             action=_obj(["path", "name"], path={"type": "string"}, name={"type": "string"}),
             status={"type": "string", "enum": ["active", "inactive"]},
+        ),
+        "Package": _obj(
+            ["namespace", "name", "version"],
+            **entity,
+            parameters=key_values,
+            binding={"type": "object"},
+        ),
+        "PackagePut": _obj(
+            [],
+            parameters=key_values,
+            annotations=key_values,
+            publish={"type": "boolean"},
+            binding=_obj([], namespace={"type": "string"}, name={"type": "string"}),
         ),
         "RulePut": _obj(
             [],

@@ -18,11 +18,14 @@ from squall.controller.errors import (
     CONCURRENT_MODIFICATION,
     INTERNAL_ERROR,
     NOT_FOUND,
+    RESERVED_PARAMS,
     ApiError,
     not_authorized,
     too_large,
 )
 from squall.controller.http import new_transaction_id
+from squall.controller.packages import Packages, ResolvedAction
+from squall.controller.sequences import SequenceRun, Sequences
 from squall.controller.throttle import PerMinuteLimit
 from squall.entities.action import Action, EntityTooLarge, InvalidEntity, build_action
 from squall.entities.activation import (
@@ -35,6 +38,7 @@ from squall.entities.activation import (
     new_activation_id,
 )
 from squall.entities.names import EntityPath, IllegalName, parse_qualified
+from squall.entities.package import Package
 from squall.entities.rule import Rule, build_rule
 from squall.entities.trigger import ACTIVE, INACTIVE, RuleLink, Trigger, build_trigger
 from squall.errors import ConflictError
@@ -51,6 +55,8 @@ TRIGGER_WRITE_ATTEMPTS = 5
 RULE_NEEDS_TRIGGER = "Only rules with existing triggers can be activated"
 
 RulesEdit = Callable[[dict[str, RuleLink]], dict[str, RuleLink]]
+# What an accepted invocation becomes: a message for the scheduler, or a sequence to run here.
+Prepared = ActivationMessage | SequenceRun
 
 
 class ControllerService:
@@ -74,6 +80,8 @@ class ControllerService:
         self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._firing: set[str] = set()  # trigger activation ids being fired right now
         self._fires = PerMinuteLimit()
+        self.packages = Packages(entities, limits, self.get_action)
+        self.sequences = Sequences(self)
 
     async def start(self) -> None:
         self._subscription = self._bus.subscribe(
@@ -81,6 +89,7 @@ class ControllerService:
         )
 
     async def close(self) -> None:
+        await self.sequences.close()
         await self._subscription.close()
 
     def _completed(self, message: object) -> None:
@@ -105,7 +114,7 @@ class ControllerService:
         return entry
 
     async def put_action(self, path: EntityPath, body: Any, overwrite: bool) -> Action:
-        await self._require_package(path)
+        await self.packages.require_container(path)
         existing = await self.entities.get(ACTIONS, path.path, path.name)
         if existing is not None and not overwrite:
             raise ApiError(409, ALREADY_EXISTS)
@@ -118,6 +127,8 @@ class ControllerService:
             raise ApiError(400, str(exc)) from exc
         except EntityTooLarge as exc:
             raise ApiError(413, str(exc)) from exc
+        if action.is_sequence:
+            await self.sequences.check(path.namespace, path, action.components)
         try:
             await self.entities.put(
                 ACTIONS,
@@ -140,11 +151,17 @@ class ControllerService:
             raise ApiError(404, NOT_FOUND)
         return action
 
-    async def _require_package(self, path: EntityPath) -> None:
-        if path.package is None:
-            return
-        if await self.entities.get(PACKAGES, path.namespace, path.package) is None:
-            raise ApiError(404, NOT_FOUND)
+    async def delete_package(self, path: EntityPath, *, force: bool) -> Package:
+        """Delete a package (with its actions when `force`), forgetting their cached copies."""
+        package = await self.packages.delete(path, force=force)
+        inside = f"{path.namespace}/{path.name}"
+        for key in [k for k in self._actions if k[0] == inside]:
+            del self._actions[key]
+        return package
+
+    async def resolve_action(self, caller: str, path: EntityPath) -> ResolvedAction:
+        """The action as namespace `caller` reaches it, through packages and bindings."""
+        return await self.packages.resolve(caller, path)
 
     # -- identities ------------------------------------------------------------------------
 
@@ -272,7 +289,7 @@ class ControllerService:
         start = int(time.time() * 1000)
         args = {**trigger.parameter_values(), **payload}
         results: list[dict[str, Any]] = []
-        messages: list[ActivationMessage] = []
+        messages: list[Prepared] = []
         for rule, link in trigger.rules.items():
             result, message = await self._prepare_rule(
                 identity, rule, link, args, trigger_id, transaction_id
@@ -299,7 +316,7 @@ class ControllerService:
         if ledger:
             await self.activations.flush()
         for message in messages:
-            self._bus.publish(SCHEDULER_TOPIC, message)
+            await self._launch(message)
         return trigger_id
 
     async def _prepare_rule(
@@ -310,15 +327,12 @@ class ControllerService:
         args: dict[str, Any],
         cause: str,
         transaction_id: str,
-    ) -> tuple[dict[str, Any], ActivationMessage | None]:
+    ) -> tuple[dict[str, Any], Prepared | None]:
         """One rule's line in the trigger activation's logs, and its action's message if any."""
         action = link.action.qualified
         if not link.active:
             message = f"Rule '{rule}' is inactive, action '{action}' was not activated."
             return _rule_result(APPLICATION_ERROR, rule, action, error=message), None
-        if link.action.namespace != identity.namespace:
-            error = not_authorized(link.action.qualified)
-            return _rule_result(APPLICATION_ERROR, rule, action, error=error), None
         try:
             prepared = await self.prepare(
                 identity,
@@ -442,13 +456,19 @@ class ControllerService:
         return _status_in(Trigger.from_json(stored.doc) if stored else None, rule)
 
     async def _check_rule_references(self, rule: Rule) -> None:
-        """Trigger and action must be the caller's and exist (OpenWhisk: 400 if they do not)."""
-        for what, ref in (("trigger", rule.trigger), ("action", rule.action)):
-            if ref.namespace != rule.namespace:
-                raise ApiError(403, not_authorized(ref.qualified))
-            collection = TRIGGERS if what == "trigger" else ACTIONS
-            if await self.entities.get(collection, ref.path, ref.name) is None:
-                raise ApiError(400, f"{what} {ref} does not exist")
+        """The trigger must be the caller's, the action one it may invoke (a packaged action,
+        through a binding, or in another namespace's published package); 400 if missing."""
+        trigger = rule.trigger
+        if trigger.namespace != rule.namespace:
+            raise ApiError(403, not_authorized(trigger.qualified))
+        if await self.entities.get(TRIGGERS, trigger.path, trigger.name) is None:
+            raise ApiError(400, f"trigger {trigger} does not exist")
+        try:
+            await self.resolve_action(rule.namespace, rule.action)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            raise ApiError(400, f"action {rule.action} does not exist") from exc
 
     # -- invoke ----------------------------------------------------------------------------
 
@@ -464,13 +484,30 @@ class ControllerService:
         cause: str | None = None,
     ) -> tuple[str, dict[str, Any] | None]:
         """Accept an activation; with `blocking`, wait up to `wait_ms` for its record."""
-        message = await self.prepare(
+        prepared = await self.prepare(
             identity, path, params, blocking=blocking, transaction_id=transaction_id, cause=cause
         )
-        activation_id = message.activation_id
+        activation_id = prepared.activation_id
+        if isinstance(prepared, SequenceRun):
+            record = await self.sequences.launch(prepared, blocking=blocking, wait_ms=wait_ms)
+            return activation_id, record
         if not blocking:
-            self._bus.publish(SCHEDULER_TOPIC, message)
+            self._bus.publish(SCHEDULER_TOPIC, prepared)
             return activation_id, None
+        return activation_id, await self.send_and_wait(prepared, wait_ms)
+
+    async def _launch(self, prepared: Prepared) -> None:
+        """Start an invocation without waiting for it."""
+        if isinstance(prepared, SequenceRun):
+            await self.sequences.launch(prepared, blocking=False, wait_ms=0)
+        else:
+            self._bus.publish(SCHEDULER_TOPIC, prepared)
+
+    async def send_and_wait(
+        self, message: ActivationMessage, wait_ms: int
+    ) -> dict[str, Any] | None:
+        """Publish a blocking activation and wait up to `wait_ms` for its record (None after)."""
+        activation_id = message.activation_id
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self._waiters[activation_id] = waiter
@@ -478,7 +515,7 @@ class ControllerService:
         # A bare timer instead of asyncio.wait_for: this runs once per blocking invoke.
         timer = loop.call_later(wait_ms / 1000, _give_up, waiter)
         try:
-            return activation_id, await waiter
+            return await waiter
         finally:
             timer.cancel()
             self._waiters.pop(activation_id, None)
@@ -492,26 +529,42 @@ class ControllerService:
         blocking: bool,
         transaction_id: str,
         cause: str | None = None,
-    ) -> ActivationMessage:
-        """Everything an invoke checks (action, payload, throttles), up to the message to send."""
-        revision, action = await self.get_action(path)
-        content = {**action.parameter_values(), **params} if action.parameters else params
+        in_sequence: bool = False,
+    ) -> Prepared:
+        """Everything an invoke checks (action, payload, final parameters, throttles), up to
+        the message to send, or the sequence to run. `in_sequence`: a sequence's component,
+        whose input is the previous component's result."""
+        resolved = await self.resolve_action(identity.namespace, path)
+        action = resolved.action
         self._check_payload(params)
+        if not in_sequence and params and not resolved.immutable_parameters().isdisjoint(params):
+            raise ApiError(400, RESERVED_PARAMS)
+        content = {**action.parameter_values(), **params} if action.parameters else params
+        if action.is_sequence:
+            return SequenceRun(
+                new_activation_id(), identity, resolved, content, transaction_id, cause
+            )
         if await self._coordinator.get(f"throttling/{identity.namespace}/{action.qualified}"):
             raise ApiError(429, "Too many requests")
+        extra: list[dict[str, Any]] = []
+        if in_sequence:
+            extra.append({"key": "causedBy", "value": "sequence"})
+        if resolved.binding:
+            extra.append({"key": "binding", "value": resolved.binding})
         return ActivationMessage(
             activation_id=new_activation_id(),
             transaction_id=transaction_id,
             invocation_namespace=identity.namespace,
             subject=identity.subject,
             action=action,
-            revision=revision,
+            revision=resolved.revision,
             content=content,
             blocking=blocking,
             controller_id=self.controller_id,
             received_ms=int(time.time() * 1000),
             api_key=identity.api_key,
             cause=cause,
+            extra_annotations=extra,
         )
 
     def _check_payload(self, params: dict[str, Any]) -> None:

@@ -8,8 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from squall.config import ActionLimitRange, SystemLimits
+from squall.entities.names import IllegalName, parse_qualified
 
 JSON = dict[str, Any]
+SEQUENCE = "sequence"
+
+
+NO_COMPONENTS = "No component specified for the sequence."
 
 
 class InvalidEntity(ValueError):
@@ -58,6 +63,12 @@ class Action:
     parameters: list[JSON] = field(default_factory=list)
     annotations: list[JSON] = field(default_factory=list)
     updated: int = 0
+    # A sequence's components, fully qualified (`/ns/[pkg/]name`); empty for other kinds.
+    components: list[str] = field(default_factory=list)
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.kind == SEQUENCE
 
     @property
     def qualified(self) -> str:
@@ -73,9 +84,11 @@ class Action:
 
     def to_json(self, *, include_code: bool = True) -> JSON:
         exec_: JSON = {"kind": self.kind, "binary": self.binary}
-        if include_code:
+        if self.is_sequence:
+            exec_ = {"kind": SEQUENCE, "components": list(self.components)}
+        elif include_code:
             exec_["code"] = self.code
-        if self.main != "main" or include_code:
+        if not self.is_sequence and (self.main != "main" or include_code):
             exec_["main"] = self.main
         return {
             "namespace": self.namespace,
@@ -106,6 +119,7 @@ class Action:
             parameters=list(doc.get("parameters", [])),
             annotations=list(doc.get("annotations", [])),
             updated=int(doc.get("updated", 0)),
+            components=list(exec_.get("components", [])),
         )
 
 
@@ -193,6 +207,26 @@ def parse_limits(body: Any, system: SystemLimits, base: ActionLimits | None) -> 
     return limits
 
 
+def parse_components(value: Any, namespace: str) -> list[str]:
+    """A sequence's `components` as fully qualified names (`_` is the owner's namespace).
+
+    Whether they exist, and the sequence's length, are checked by the controller, which has
+    the store (controller/sequences.py).
+    """
+    if not isinstance(value, list) or not value:
+        raise InvalidEntity(NO_COMPONENTS)
+    owner = namespace.split("/", 1)[0]
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise InvalidEntity("Each sequence component must be a fully qualified action name.")
+        try:
+            out.append(str(parse_qualified(item, owner)))
+        except IllegalName as exc:
+            raise InvalidEntity(str(exc)) from exc
+    return out
+
+
 def _parse_exec(
     body: Any, kinds: frozenset[str], system: SystemLimits
 ) -> tuple[str, str, str, bool]:
@@ -201,6 +235,8 @@ def _parse_exec(
     kind = body.get("kind")
     if not isinstance(kind, str):
         raise InvalidEntity("The 'exec' field must name a 'kind'.")
+    if kind == SEQUENCE:
+        return SEQUENCE, "", "main", False
     if kind == "python":
         kind = "python:default"
     if kind not in kinds:
@@ -248,8 +284,11 @@ def build_action(
     """The action a PUT body describes; with `existing`, an update that keeps what is omitted."""
     if not isinstance(body, dict):
         raise InvalidEntity("The request content was malformed: the body must be a JSON object.")
+    components = existing.components if existing else []
     if existing is None or "exec" in body:
         kind, code, main, binary = _parse_exec(body.get("exec"), kinds, system)
+        if kind == SEQUENCE:
+            components = parse_components(body["exec"].get("components"), namespace)
     else:
         kind, code, main, binary = existing.kind, existing.code, existing.main, existing.binary
     limits = parse_limits(body.get("limits"), system, existing.limits if existing else None)
@@ -283,4 +322,5 @@ def build_action(
         parameters=params,
         annotations=annotations,
         updated=int(time.time() * 1000),
+        components=components if kind == SEQUENCE else [],
     )
