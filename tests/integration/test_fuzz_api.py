@@ -17,13 +17,17 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from squall.controller.openapi import openapi_document
 from tests.conftest import GUEST_KEY, GUEST_UUID, ServerProcess, start_server, stop_server
 
 EXAMPLES = int(os.environ.get("SQUALL_FUZZ_EXAMPLES", "25"))
 WRONG_KEY = (GUEST_UUID, "w" * 64)
-EXCLUDED: list = []
+# "Schema-valid data must be accepted" needs schemas that are exact validators; ours describe
+# (an action's kind depends on the runtimes installed, its code on the kind), so a valid-looking
+# body may rightly get 400. Every other check runs, including that invalid data is refused.
+EXCLUDED = [positive_data_acceptance]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,10 @@ def fuzz(server: ServerProcess, auth: tuple[str, str], mode: GenerationMode) -> 
         @given(case=operation.as_strategy(generation_mode=mode))
         @FUZZ_SETTINGS
         def run(case: Case) -> None:
-            response = case.call(base_url=server.url, headers=header, timeout=30)
+            # Our credentials replace generated ones; a case that drops them on purpose (to
+            # check they are required) is sent without.
+            sent = header if "Authorization" in (case.headers or {}) else {}
+            response = case.call(base_url=server.url, headers=sent, timeout=30)
             assert response.status_code not in (500, 501, 504), response.text
             case.validate_response(response, excluded_checks=EXCLUDED)
 

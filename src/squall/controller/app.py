@@ -186,11 +186,10 @@ class Api:
 
     async def list_actions(self, request: Request, identity: Identity, tid: str) -> Response:
         ns = self.namespace(request, identity)
+        skip, limit = self.list_window(request)  # checked with count too: a bad value is a 400
         if query_bool(request, "count"):
             total = await self.service.entities.count(ACTIONS, ns, prefix_match=True)
             return json_response({"actions": total}, transaction_id=tid)
-        limit = query_int(request, "limit", 30, 0, self.limits.query_limit) or 30
-        skip = query_int(request, "skip", 0, 0, 2**31) or 0
         stored = await self.service.entities.list(
             ACTIONS, ns, skip=skip, limit=limit, prefix_match=True
         )
@@ -273,6 +272,7 @@ class Api:
 
     async def list_packages(self, request: Request, identity: Identity, tid: str) -> Response:
         ns = self.readable_namespace(request, identity)
+        skip, limit = self.list_window(request)
         if query_bool(request, "count"):
             if ns != identity.namespace:
                 listed = await self.service.packages.list_packages(
@@ -281,7 +281,6 @@ class Api:
                 return json_response({"packages": len(listed)}, transaction_id=tid)
             total = await self.service.entities.count(PACKAGES, ns)
             return json_response({"packages": total}, transaction_id=tid)
-        skip, limit = self.list_window(request)
         views = await self.service.packages.list_packages(
             identity.namespace, ns, skip=skip, limit=limit
         )
@@ -309,10 +308,10 @@ class Api:
 
     async def list_triggers(self, request: Request, identity: Identity, tid: str) -> Response:
         ns = self.namespace(request, identity)
+        skip, limit = self.list_window(request)
         if query_bool(request, "count"):
             total = await self.service.entities.count(TRIGGERS, ns)
             return json_response({"triggers": total}, transaction_id=tid)
-        skip, limit = self.list_window(request)
         stored = await self.service.entities.list(TRIGGERS, ns, skip=skip, limit=limit)
         views = [Trigger.from_json(s.doc).brief() for s in stored]
         return json_response(views, transaction_id=tid)
@@ -350,10 +349,10 @@ class Api:
 
     async def list_rules(self, request: Request, identity: Identity, tid: str) -> Response:
         ns = self.namespace(request, identity)
+        skip, limit = self.list_window(request)
         if query_bool(request, "count"):
             total = await self.service.entities.count(RULES, ns)
             return json_response({"rules": total}, transaction_id=tid)
-        skip, limit = self.list_window(request)
         rules = await self.service.list_rules(ns, skip=skip, limit=limit)
         return json_response([r.to_json() for r in rules], transaction_id=tid)
 

@@ -294,12 +294,7 @@ def _paths() -> JSON:
 
 
 def _namespace_parameter() -> JSON:
-    return _param(
-        "namespace",
-        "path",
-        {"type": "string", "minLength": 1},
-        "The namespace, or _ for the caller's own",
-    )
+    return _param("namespace", "path", _ref("Name"), "The namespace, or _ for the caller's own")
 
 
 def _schemas() -> JSON:
@@ -342,7 +337,13 @@ def _schemas() -> JSON:
         "statusCode": {"type": "integer"},
     }
     return {
-        "Name": {"type": "string", "minLength": 1, "maxLength": 256},
+        # OpenWhisk's entity name rule (entities/names.py).
+        "Name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 256,
+            "pattern": r"^([\w]|[\w][\w@ .-]*[\w@.-]+)$",
+        },
         "ActivationIdString": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
         "ActivationId": _obj(["activationId"], activationId=_ref("ActivationIdString")),
         "Count": {
