@@ -124,10 +124,10 @@ class SchedulerSettings:
     throttling_fraction: float = setting(
         0.9, aliases=("whisk.scheduler.queue.throttling-fraction",)
     )
-    duration_buffer_size: int = setting(
-        10, aliases=("whisk.scheduler.queue.duration-buffer-size",)
+    duration_buffer_size: int = setting(10, aliases=("whisk.scheduler.queue.duration-buffer-size",))
+    idle_grace_s: float = setting(
+        20.0, duration=True, aliases=("whisk.scheduler.queue.idle-grace",)
     )
-    idle_grace_s: float = setting(20.0, duration=True, aliases=("whisk.scheduler.queue.idle-grace",))
     # How far back the activation store's duration statistics look when a queue is created
     # (OpenWhisk's `whisk.duration-checker.time-window`, 1 day in its charts).
     duration_window_s: float = setting(
@@ -184,9 +184,7 @@ class KafkaSettings:
     )
     sasl_mechanism: SaslMechanism | None = setting(None, aliases=_kafka_aliases("sasl.mechanism"))
     sasl_username: str | None = setting(None, aliases=_kafka_aliases("sasl.username"))
-    sasl_password: str | None = setting(
-        None, secret=True, aliases=_kafka_aliases("sasl.password")
-    )
+    sasl_password: str | None = setting(None, secret=True, aliases=_kafka_aliases("sasl.password"))
     sasl_jaas_config: str | None = setting(
         None, secret=True, aliases=_kafka_aliases("sasl.jaas.config"),
         help="a JAAS line; its username and password are used when those are not set",
@@ -194,7 +192,9 @@ class KafkaSettings:
     ssl_ca_file: Path | None = setting(None, aliases=_kafka_aliases("ssl.ca.location"))
     ssl_cert_file: Path | None = setting(None, aliases=_kafka_aliases("ssl.certificate.location"))
     ssl_key_file: Path | None = setting(None, aliases=_kafka_aliases("ssl.key.location"))
-    ssl_key_password: str | None = setting(None, secret=True, aliases=_kafka_aliases("ssl.key.password"))  # fmt: skip
+    ssl_key_password: str | None = setting(
+        None, secret=True, aliases=_kafka_aliases("ssl.key.password")
+    )
     ssl_verify: bool = setting(True, help="verify the broker's certificate against the CA")
     ssl_check_hostname: bool = setting(True, help="check the broker's name in its certificate")
     topic_prefix: str = setting("", aliases=("whisk.kafka.topics.prefix",))
@@ -455,15 +455,27 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise InvalidConfiguration(
-            [Problem("--config", Source("flag", str(path)), f"cannot read it ({exc.strerror})",
-                     "give the path of a readable TOML or YAML file")]  # fmt: skip
+            [
+                Problem(
+                    "--config",
+                    Source("flag", str(path)),
+                    f"cannot read it ({exc.strerror})",
+                    "give the path of a readable TOML or YAML file",
+                )
+            ]
         ) from exc
     try:
         data = _parse_file(path, text)
     except ValueError as exc:
         raise InvalidConfiguration(
-            [Problem("--config", Source("flag", str(path)), f"not valid {_format(path)}: {exc}",
-                     "fix the syntax at the place named")]  # fmt: skip
+            [
+                Problem(
+                    "--config",
+                    Source("flag", str(path)),
+                    f"not valid {_format(path)}: {exc}",
+                    "fix the syntax at the place named",
+                )
+            ]
         ) from exc
     return dict(_flatten(data, ""))
 
@@ -509,9 +521,7 @@ def _file_layer(values: dict[str, Any], path: Path, layers: Layers) -> dict[str,
         elif (fix := _REFUSED.get(normalize(name))) is not None:
             layers.problems.append(Problem(name, source, "not supported", fix))
         elif normalize(name) not in _OW_STORE_NAMES:
-            layers.problems.append(
-                Problem(name, source, "unknown key", _suggest(name, keys))
-            )
+            layers.problems.append(Problem(name, source, "unknown key", _suggest(name, keys)))
     return layer
 
 
@@ -525,8 +535,10 @@ def _env_layer(env: Mapping[str, str], layers: Layers) -> dict[str, Raw]:
         layers.names[normalize(name)] = (value, source)
         if name in _env_index():
             _offer(layer, _env_index()[name], Raw(value, source, 0))
-        elif name.startswith("SQUALL_") and name.endswith("_FILE") and (
-            key := _secret_key_by_env(name.removesuffix("_FILE"))
+        elif (
+            name.startswith("SQUALL_")
+            and name.endswith("_FILE")
+            and (key := _secret_key_by_env(name.removesuffix("_FILE")))
         ):
             _offer(layer, key, _read_secret_file(key, Path(value), source, layers))
         elif name.startswith("SQUALL_"):
@@ -977,8 +989,12 @@ _SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 def _check_kafka(s: Settings) -> Iterator[Problem]:
     k = s.kafka
     if s.bus == "kafka" and not k.bootstrap:
-        yield _problem(s, "bus", "the Kafka bus needs brokers, and none are set",
-                       "set SQUALL_KAFKA_BOOTSTRAP=host:9092[,host2:9092] (or KAFKA_HOSTS)")  # fmt: skip
+        yield _problem(
+            s,
+            "bus",
+            "the Kafka bus needs brokers, and none are set",
+            "set SQUALL_KAFKA_BOOTSTRAP=host:9092[,host2:9092] (or KAFKA_HOSTS)",
+        )
     yield from _check_kafka_sasl(s)
     yield from _check_kafka_tls(s)
 
@@ -987,13 +1003,19 @@ def _check_kafka_sasl(s: Settings) -> Iterator[Problem]:
     k = s.kafka
     sasl = k.security_protocol in _SASL
     if k.sasl_mechanism and not sasl:
-        yield _problem(s, "kafka.sasl_mechanism",
-                       f"a SASL mechanism is set but the security protocol is {k.security_protocol}",
-                       "set SQUALL_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)")  # fmt: skip
+        yield _problem(
+            s,
+            "kafka.sasl_mechanism",
+            f"a SASL mechanism is set but the security protocol is {k.security_protocol}",
+            "set SQUALL_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)",
+        )
     if sasl and not k.sasl_mechanism:
-        yield _problem(s, "kafka.security_protocol",
-                       f"{k.security_protocol} needs a SASL mechanism",
-                       "set SQUALL_KAFKA_SASL_MECHANISM to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")  # fmt: skip
+        yield _problem(
+            s,
+            "kafka.security_protocol",
+            f"{k.security_protocol} needs a SASL mechanism",
+            "set SQUALL_KAFKA_SASL_MECHANISM to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        )
     if (sasl or k.sasl_mechanism) and not (k.sasl_username and k.sasl_password):
         missing = " and ".join(
             name for name, value in (("SQUALL_KAFKA_SASL_USERNAME", k.sasl_username),
@@ -1001,15 +1023,24 @@ def _check_kafka_sasl(s: Settings) -> Iterator[Problem]:
             if not value
         )  # fmt: skip
         key = "kafka.sasl_mechanism" if k.sasl_mechanism else "kafka.security_protocol"
+        verb = "are" if " and " in missing else "is"
         what = k.sasl_mechanism or k.security_protocol
-        yield _problem(s, key, f"SASL {what} needs credentials, and {missing} {'are' if ' and ' in missing else 'is'} not set",
-                       f"set {missing} (or the _FILE variants pointing at a mounted Secret), or "
-                       "SQUALL_KAFKA_SASL_JAAS_CONFIG to a JAAS line with username and password")  # fmt: skip
+        yield _problem(
+            s,
+            key,
+            f"{what} needs SASL credentials, and {missing} {verb} not set",
+            f"set {missing} (or the _FILE variants pointing at a mounted Secret), or "
+            "SQUALL_KAFKA_SASL_JAAS_CONFIG to a JAAS line with username and password",
+        )
     if (k.sasl_username or k.sasl_password) and not sasl:
         key = "kafka.sasl_username" if k.sasl_username else "kafka.sasl_password"
-        yield _problem(s, key, f"SASL credentials are set but the security protocol is "
-                       f"{k.security_protocol}, which sends none",
-                       "set SQUALL_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)")  # fmt: skip
+        yield _problem(
+            s,
+            key,
+            f"SASL credentials are set but the security protocol is "
+            f"{k.security_protocol}, which sends none",
+            "set SQUALL_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)",
+        )
 
 
 def _check_kafka_tls(s: Settings) -> Iterator[Problem]:
@@ -1024,16 +1055,27 @@ def _check_kafka_tls(s: Settings) -> Iterator[Problem]:
              "kafka.ssl_key_file": k.ssl_key_file}  # fmt: skip
     for key, path in files.items():
         if path is not None and not tls:
-            yield _problem(s, key, f"a TLS file is set but the security protocol is "
-                           f"{k.security_protocol}, which does not use TLS",
-                           "set SQUALL_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL, or unset it")  # fmt: skip
+            yield _problem(
+                s,
+                key,
+                f"a TLS file is set but the security protocol is "
+                f"{k.security_protocol}, which does not use TLS",
+                "set SQUALL_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL, or unset it",
+            )
         elif path is not None and not _readable(path):
-            yield _problem(s, key, f"{path} is not a readable file",
-                           "mount the certificate there (a Kubernetes Secret volume) or fix the path")  # fmt: skip
+            yield _problem(
+                s,
+                key,
+                f"{path} is not a readable file",
+                "mount the certificate there (a Kubernetes Secret volume) or fix the path",
+            )
     if (k.ssl_cert_file is None) != (k.ssl_key_file is None):
-        yield _problem(s, "kafka.ssl_cert_file" if k.ssl_cert_file else "kafka.ssl_key_file",
-                       "a client certificate needs its key and the other way round",
-                       "set both SQUALL_KAFKA_SSL_CERT_FILE and SQUALL_KAFKA_SSL_KEY_FILE")  # fmt: skip
+        yield _problem(
+            s,
+            "kafka.ssl_cert_file" if k.ssl_cert_file else "kafka.ssl_key_file",
+            "a client certificate needs its key and the other way round",
+            "set both SQUALL_KAFKA_SSL_CERT_FILE and SQUALL_KAFKA_SSL_KEY_FILE",
+        )
 
 
 def _check_etcd(s: Settings) -> Iterator[Problem]:

@@ -16,8 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from squall.abc import ActivationStore, EntityStore, InitPayload, RunPayload, SandboxSpec
-from squall.abc import SubjectRecord
+from squall.abc import (
+    ActivationStore,
+    EntityStore,
+    InitPayload,
+    RunPayload,
+    SandboxSpec,
+    SubjectRecord,
+)
 from squall.config import Settings
 from squall.ops.readiness import scrub
 
@@ -138,12 +144,13 @@ def _etcd_steps(settings: Settings) -> list[Step]:
     etcd = settings.etcd
     if settings.coordination != "etcd" and not etcd.endpoints:
         return []
-    from squall.coordination.etcd_http import EtcdGateway, EtcdRefused, Status, shown
+    from squall.coordination.etcd_http import EtcdGateway, EtcdRefused, shown
+    from squall.coordination.etcd_http import Status as EtcdStatus
 
     state: dict[str, Any] = {}
 
     async def connect() -> str:
-        answered: list[Status] = []
+        answered: list[EtcdStatus] = []
         failures: list[str] = []
         for endpoint in etcd.endpoints:
             try:
@@ -157,7 +164,8 @@ def _etcd_steps(settings: Settings) -> list[Step]:
                          "for TLS set SQUALL_ETCD_CA_FILE")  # fmt: skip
         state["status"], state["endpoint"] = answered[0], answered[0].endpoint
         down = f"; not answering: {'; '.join(failures)}" if failures else ""
-        return f"{len(answered)}/{len(etcd.endpoints)} endpoint(s) answer, etcd {answered[0].version}{down}"
+        count = f"{len(answered)}/{len(etcd.endpoints)}"
+        return f"{count} endpoint(s) answer, etcd {answered[0].version}{down}"
 
     async def authenticate() -> str:
         if not etcd.username:
@@ -168,7 +176,7 @@ def _etcd_steps(settings: Settings) -> list[Step]:
             except EtcdRefused as exc:
                 raise Failed(f"etcd refused the login of user {etcd.username!r}: {exc}",
                              "check SQUALL_ETCD_USERNAME and SQUALL_ETCD_PASSWORD against "
-                             "`etcdctl user list`")  # fmt: skip
+                             "`etcdctl user list`") from exc  # fmt: skip
         return f"logged in as {etcd.username!r}"
 
     async def lease() -> str:
@@ -177,8 +185,11 @@ def _etcd_steps(settings: Settings) -> list[Step]:
             try:
                 seconds = await gateway.lease_round_trip(f"{etcd.prefix}/doctor/{uuid.uuid4().hex}")
             except EtcdRefused as exc:
-                raise Failed(f"lease round trip refused: {exc}", f"grant the user read/write on "
-                             f"the prefix {etcd.prefix}/ (etcdctl role grant-permission)") from exc  # fmt: skip
+                raise Failed(
+                    f"lease round trip refused: {exc}",
+                    f"grant the user read/write on "
+                    f"the prefix {etcd.prefix}/ (etcdctl role grant-permission)",
+                ) from exc
         return f"lease granted, key written, read back and revoked in {seconds * 1000:.0f} ms"
 
     async def clock() -> str:
@@ -238,7 +249,9 @@ def _store_steps(settings: Settings) -> list[list[Step]]:
     ]  # fmt: skip
 
 
-async def _started(store: EntityStore | ActivationStore, work: Awaitable[Any], variable: str) -> None:
+async def _started(
+    store: EntityStore | ActivationStore, work: Awaitable[Any], variable: str
+) -> None:
     """Wait for a store to start; one that does not is closed again before the failure."""
     try:
         await _bounded(work, variable)
@@ -330,7 +343,9 @@ async def _run_probe_action(factory: Any, started: float) -> str:
         outcome = await sandbox.run(RunPayload({"probe": "ok"}, {}), 10.0)
     finally:
         await sandbox.destroy()
-    if outcome.failure or b'"probe": "ok"' not in (outcome.response or b"").replace(b'":"', b'": "'):
+    if outcome.failure or b'"probe": "ok"' not in (outcome.response or b"").replace(
+        b'":"', b'": "'
+    ):
         raise Failed(f"the probe action answered {outcome.response!r} ({outcome.failure})",
                      "see the process log for why the zygote or sandbox failed")  # fmt: skip
     return f"zygote started, probe action ran ({(time.monotonic() - started) * 1000:.0f} ms)"

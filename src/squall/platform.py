@@ -28,8 +28,8 @@ from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
 from squall.errors import DependencyUnavailable
 from squall.invoker.service import InvokerService
-from squall.ops.metrics import Sources, metrics_registry
 from squall.ops.dependencies import DependencyMonitor, etcd_monitor, kafka_monitor
+from squall.ops.metrics import Sources, metrics_registry
 from squall.ops.readiness import Check, Readiness, scrub, store_fix
 from squall.ops.routes import ops_routes
 from squall.sandbox.process import ProcessSandboxFactory
@@ -204,11 +204,11 @@ def dependency_monitors(settings: Settings) -> tuple[list[DependencyMonitor], li
         require_client()
         monitors.append(kafka_monitor(settings.kafka))
         warnings.append("bus=kafka: the broker is checked for readiness; this process still "
-                        "carries its messages in-process (the Kafka bus comes with cluster mode)")  # fmt: skip
+                        "carries its messages in-process (the Kafka bus comes with cluster mode)")
     if settings.coordination == "etcd":
         monitors.append(etcd_monitor(settings.etcd))
         warnings.append("coordination=etcd: etcd is checked for readiness; this process still "
-                        "coordinates in-process (the etcd coordinator comes with cluster mode)")  # fmt: skip
+                        "coordinates in-process (the etcd coordinator comes with cluster mode)")
     return monitors, warnings
 
 

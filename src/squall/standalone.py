@@ -11,7 +11,6 @@ import sys
 from collections.abc import Iterator
 
 import uvicorn
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from squall.config import Settings

@@ -192,9 +192,12 @@ def round_trip(kafka: KafkaSettings, topic: str, timeout_s: float = 10.0) -> flo
     """Produce one probe message and consume it back; seconds taken. RuntimeError why not."""
     from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient
-    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+    from confluent_kafka.cimpl import NewTopic
 
-    base: dict[str, Any] = {**client_config(kafka, client_id="squall-doctor"), "logger": _Collected()}
+    base: dict[str, Any] = {
+        **client_config(kafka, client_id="squall-doctor"),
+        "logger": _Collected(),
+    }
     started = time.monotonic()
     admin = AdminClient(base)
     futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])

@@ -30,7 +30,11 @@ def standalone(
     """Run the whole platform in one process: API, scheduler and invoker."""
     from squall.standalone import run
 
-    flags = {"host": (host, "--host"), "port": (port, "--port"), "data_dir": (data_dir, "--data-dir")}
+    flags = {
+        "host": (host, "--host"),
+        "port": (port, "--port"),
+        "data_dir": (data_dir, "--data-dir"),
+    }
     settings = settings_or_exit(config_file, flags)
     try:
         run(settings)

@@ -68,7 +68,13 @@ def config_show(config_file: Path | None, as_json: bool) -> None:
     width = max(len(row["key"]) for row in rows)
     for row in rows:
         value = row["value"]
-        shown = "(unset)" if value is None else json.dumps(value) if not isinstance(value, str) else value
+        shown = (
+            "(unset)"
+            if value is None
+            else json.dumps(value)
+            if not isinstance(value, str)
+            else value
+        )
         click.echo(f"{row['key']:<{width}}  {shown}  [{row['source']}]")
 
 
@@ -93,5 +99,7 @@ def doctor(config_file: Path | None, as_json: bool, no_sandbox: bool) -> None:
         for result in results:
             click.echo(result.line())
         failed = sum(result.status == "fail" for result in results)
-        click.echo(f"{len(results) - failed} ok, {failed} failed" if results else "nothing to check")
+        click.echo(
+            f"{len(results) - failed} ok, {failed} failed" if results else "nothing to check"
+        )
     sys.exit(status)

@@ -49,7 +49,9 @@ class EtcdGateway:
 
     def __init__(self, endpoint: str, etcd: EtcdSettings, timeout_s: float = 3.0) -> None:
         verify: Any = str(etcd.ca_file) if etcd.ca_file else True
-        cert = (str(etcd.cert_file), str(etcd.key_file)) if etcd.cert_file and etcd.key_file else None
+        cert = (
+            (str(etcd.cert_file), str(etcd.key_file)) if etcd.cert_file and etcd.key_file else None
+        )
         self.endpoint = endpoint
         self._etcd = etcd
         self._client = httpx.AsyncClient(
