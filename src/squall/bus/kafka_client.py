@@ -128,7 +128,7 @@ def diagnose(kafka: KafkaSettings, timeout_s: float = 3.0) -> Diagnosis:
             metadata = admin.list_topics(timeout=0.3)
         except KafkaException:
             admin.poll(0)  # serves error_cb
-            if collected.authentication_error() is not None:
+            if collected.authentication_error() is not None or _dropped(collected):
                 break
             continue
         return Diagnosis(True, "metadata", topics=sorted(metadata.topics))
@@ -173,6 +173,12 @@ def _refused(kafka: KafkaSettings, collected: _Collected) -> Diagnosis:
     last = next((text for _, text in reversed(collected.errors)), "no answer")
     return Diagnosis(False, "metadata", f"the broker {brokers} did not answer a metadata "
                      f"request: {last}", _fix_connect(kafka))  # fmt: skip
+
+
+def _dropped(collected: _Collected) -> bool:
+    """Every broker went down although TCP connects: the broker hangs up on us (no waiting
+    for the full timeout, the answer will not change)."""
+    return any(name == "_ALL_BROKERS_DOWN" for name, _ in collected.errors)
 
 
 def _closed_by_broker(collected: _Collected) -> bool:

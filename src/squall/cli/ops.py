@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,6 +91,8 @@ def doctor(config_file: Path | None, as_json: bool, no_sandbox: bool) -> None:
     from squall.doctor import exit_status, run_doctor
 
     settings = settings_or_exit(config_file, as_json=as_json)
+    # Drivers log each failed attempt; the checks' lines say what matters, once.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     results = asyncio.run(run_doctor(settings, sandbox=not no_sandbox))
     status = exit_status(results)
     if as_json:
