@@ -51,6 +51,7 @@ def server_config(platform: Platform, app: ASGIApp | None = None) -> uvicorn.Con
         lifespan="off",
         access_log=False,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through Squall's handler (text or JSON)
         timeout_keep_alive=65,
         # Squall listens on its own address; no proxy rewrites what it sees. Skipping the
         # proxy-headers middleware and the Server/Date headers saves work on every request.
@@ -122,37 +123,44 @@ async def serve(settings: Settings) -> None:
 
 
 def announce(platform: Platform) -> None:
+    """What an operator needs at start: printed, or logged as JSON lines with
+    SQUALL_LOG_FORMAT=json (so a log collector sees one format)."""
+    lines = announcement(platform)
+    if platform.settings.log.format == "json":
+        for line in lines:
+            (log.warning if line.startswith("warning: ") else log.info)(line)
+        return
+    print("\n".join(lines), file=sys.stdout, flush=True)
+
+
+def announcement(platform: Platform) -> list[str]:
     settings = platform.settings
-    out = sys.stdout
-    for warning in platform.warnings:
-        print(f"warning: {warning}", file=out)
-    print(f"Squall standalone listening on http://{settings.host}:{settings.port}", file=out)
-    print(f"data dir: {settings.data_dir}", file=out)
-    # Redacted: these lines end up in logs, and a URL may carry a password.
-    print(f"entity store: {settings.entity_store_url.redacted}", file=out)
-    print(f"activation store: {settings.activation_store_url.redacted}", file=out)
+    lines = [f"warning: {warning}" for warning in platform.warnings]
+    lines += [
+        f"Squall standalone listening on http://{settings.host}:{settings.port}",
+        f"data dir: {settings.data_dir}",
+        # Redacted: these lines end up in logs, and a URL may carry a password.
+        f"entity store: {settings.entity_store_url.redacted}",
+        f"activation store: {settings.activation_store_url.redacted}",
+    ]
     if settings.guest_auth is not None:
         # The operator chose this key; do not echo it back into logs.
         uid = settings.guest_auth.partition(":")[0]
-        print(f"guest namespace auth: from SQUALL_GUEST_AUTH (uuid {uid})", file=out, flush=True)
-        return
-    print(f"guest namespace auth: {platform.guest_auth}", file=out)
-    print(f"  (kept in {settings.data_dir / 'guest.auth'}, readable only by you)", file=out)
-    print(
+        return [*lines, f"guest namespace auth: from SQUALL_GUEST_AUTH (uuid {uid})"]
+    return [
+        *lines,
+        f"guest namespace auth: {platform.guest_auth}",
+        f"  (kept in {settings.data_dir / 'guest.auth'}, readable only by you)",
         f"configure the CLI: squall property set --apihost http://{settings.host}:{settings.port} "
         f"--auth {platform.guest_auth}",
-        file=out,
-        flush=True,
-    )
+    ]
 
 
 def run(settings: Settings) -> None:
     """Blocking entry point for the CLI."""
     import uvloop
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # The pool logs every failed connection attempt; Squall logs the reason once per change.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    from squall import logs
+
+    logs.configure(settings.log)
     uvloop.run(serve(settings))

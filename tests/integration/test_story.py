@@ -12,6 +12,7 @@ The process is `squall standalone` (the scheduler role runs inside it; cluster m
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -193,6 +194,7 @@ def test_refused_credentials_name_broker_mechanism_and_settings_never_the_passwo
         "SQUALL_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
         "SQUALL_KAFKA_SASL_USERNAME": "scheduler",
         "SQUALL_KAFKA_SASL_PASSWORD": PASSWORD,
+        "SQUALL_LOG_FORMAT": "json",
     })  # fmt: skip
     took = wait_until(lambda: check(server, "kafka")["state"] == "unavailable", 10, server.output)
     assert took < 2.0
@@ -204,6 +206,10 @@ def test_refused_credentials_name_broker_mechanism_and_settings_never_the_passwo
     assert PASSWORD not in httpx.get(server.url + "/readyz").text
     assert PASSWORD not in httpx.get(server.url + "/metrics").text
     assert PASSWORD not in server.output()
+    wait_until(lambda: "kafka is not ready" in server.output(), 5, server.output)
+    entries = [json.loads(line) for line in server.output().splitlines() if line.strip()]
+    (refusal,) = [e for e in entries if "kafka is not ready" in e["message"]]
+    assert refusal["level"] == "WARNING" and refusal["logger"] == "squall.ops"
 
 
 def test_health_is_served_while_the_entity_store_is_down_at_start(
