@@ -283,15 +283,6 @@ class Settings:
     def source(self, key: str) -> Source:
         return self.sources.get(key, DEFAULT)
 
-    def named(self, key: str) -> str:
-        """The name an operator should change for `key`: the one they set, else the variable."""
-        source = self.sources.get(key)
-        if source is not None and source.kind in ("env", "flag"):
-            return source.name
-        if source is not None and source.kind == "file":
-            return f"{source.name.rpartition(': ')[2]} in {source.name.rpartition(': ')[0]}"
-        return specs()[key].env
-
 
 # -- the registry derived from the tree --------------------------------------------------------
 

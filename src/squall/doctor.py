@@ -25,6 +25,7 @@ from squall.abc import (
     SubjectRecord,
 )
 from squall.config import Settings
+from squall.errors import DependencyUnavailable, StoreError
 from squall.ops.readiness import scrub
 
 Status = Literal["ok", "fail", "skip"]
@@ -255,8 +256,15 @@ async def _started(
     """Wait for a store to start; one that does not is closed again before the failure."""
     try:
         await _bounded(work, variable)
-    except BaseException:
+    except BaseException as exc:
         await store.close()
+        if isinstance(exc, DependencyUnavailable):
+            raise Failed(str(exc), f"make the store reachable (host, port, credentials, "
+                         f"network policy) or set {variable} to one that is") from exc  # fmt: skip
+        if isinstance(exc, StoreError):
+            fix = (f"fix the store's schema or permissions, or set {variable} to another "
+                   "store; `squall store migrate` applies the schema")  # fmt: skip
+            raise Failed(str(exc), fix) from exc
         raise
 
 

@@ -152,11 +152,12 @@ def test_refusing_broker_and_absent_store_keep_it_up_not_ready_until_fixed(
 def _refusing_broker_and_absent_store(
     spawn: Callable[[dict[str, str]], Process], tansu_auth: LocalTansu, postgres: LocalPostgres
 ) -> None:
-    server = spawn({
+    env = {
         "SQUALL_BUS": "kafka",
         "SQUALL_KAFKA_BOOTSTRAP": tansu_auth.bootstrap,
         "SQUALL_ACTIVATION_STORE": postgres.url() + "?pool_timeout=1",
-    })  # fmt: skip
+    }
+    server = spawn(env)
     # Kafka's refusal is known within 2 s of the process answering.
     took = wait_until(lambda: check(server, "kafka")["state"] == "unavailable", 10, server.output)
     assert took < 2.0
@@ -177,6 +178,15 @@ def _refusing_broker_and_absent_store(
     log = server.output()
     assert log.count("readiness: kafka is not ready") == 1, log  # once, not per retry
     assert log.count("readiness: activation_store is unavailable") == 1, log
+    # `squall doctor` with the same settings names both problems, each with its fix.
+    doctor = subprocess.run(
+        [sys.executable, "-m", "squall.cli.main", "doctor", "--no-sandbox"],
+        env=_environment(env), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    assert "[FAIL] kafka.authenticate" in doctor.stdout
+    assert "[FAIL] activation_store.connect" in doctor.stdout
+    assert doctor.stdout.count("fix: ") >= 2
     # The store comes up: that part turns ready by itself, without a restart.
     postgres.start()
     wait_until(lambda: check(server, "activation_store")["ready"] is True, 20, server.output)
