@@ -766,6 +766,11 @@ def _assemble_range(default: ActionLimitRange, key: str, typed: dict[str, Any]) 
     return replace(default, **chosen)
 
 
+def store_settings(env: Mapping[str, str]) -> StoreSettings:
+    """The store settings `env` gives, validated with everything else (the older entry point)."""
+    return load_settings(env).stores
+
+
 # OpenWhisk's names for the Elasticsearch activation store: the helm chart's environment form
 # and the dotted keys of its application.conf; together they make one store URL.
 _COUCHDB_FIX = (
