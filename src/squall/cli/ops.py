@@ -69,13 +69,12 @@ def config_show(config_file: Path | None, as_json: bool) -> None:
     width = max(len(row["key"]) for row in rows)
     for row in rows:
         value = row["value"]
-        shown = (
-            "(unset)"
-            if value is None
-            else json.dumps(value)
-            if not isinstance(value, str)
-            else value
-        )
+        if value is None:
+            shown = "(unset)"
+        elif isinstance(value, str) and value:
+            shown = value
+        else:
+            shown = json.dumps(value)  # numbers, lists, booleans, and "" visibly
         click.echo(f"{row['key']:<{width}}  {shown}  [{row['source']}]")
 
 
