@@ -582,6 +582,11 @@ def convert(spec: Spec, value: Any) -> Any:
         hint = next(a for a in get_args(hint) if a is not type(None))
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
+    if get_origin(hint) is tuple:
+        items = value if isinstance(value, list | tuple) else str(value).split(",")
+        return tuple(str(item).strip() for item in items if str(item).strip())
+    if isinstance(value, list | tuple | dict):  # from a file: a table or list for one value
+        raise ValueError("must be a single value, not a list or table")
     if spec.meta.duration:
         return parse_duration(spec.key, str(value))
     if get_origin(hint) is Literal:
@@ -594,9 +599,6 @@ def convert(spec: Spec, value: Any) -> Any:
         return _number(value)
     if hint is Path:
         return Path(str(value)).expanduser()
-    if get_origin(hint) is tuple:
-        items = value if isinstance(value, list | tuple) else str(value).split(",")
-        return tuple(str(item).strip() for item in items if str(item).strip())
     return str(value)
 
 
@@ -623,6 +625,8 @@ def _boolean(value: Any) -> bool:
 def _integer(value: Any) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError("must be a whole number")
+    if isinstance(value, float):
+        return int(value)
     try:
         return int(str(value).strip().replace("_", ""))
     except ValueError:

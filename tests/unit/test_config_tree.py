@@ -223,6 +223,17 @@ def test_impossible_combinations(env: dict[str, str], fragments: list[str]) -> N
     assert "hunter2" not in text
 
 
+def test_file_values_keep_their_types(tmp_path: Path) -> None:
+    config = tmp_path / "s.toml"
+    config.write_text("port = 4000.0\n[kafka]\nssl_verify = false\n")
+    settings = load_settings({}, config_file=config)
+    assert settings.port == 4000 and settings.kafka.ssl_verify is False
+    config.write_text('host = ["a", "b"]\nport = 1.5\n')
+    text = problems({}, config_file=config)
+    assert "host (file" in text and "must be a single value" in text
+    assert "port (file" in text and "must be a whole number" in text
+
+
 def test_jaas_lines() -> None:
     jaas = parse_jaas(SCRAM_JAAS)
     assert jaas.options == {"username": "bob", "password": "hunter2"}
