@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from itertools import pairwise
 
 import pytest
 
@@ -15,8 +16,7 @@ from squall.testing import LocalEtcd, LocalTansu, free_port
 
 async def settled(monitor: DependencyMonitor, timeout_s: float = 10.0) -> Check:
     async with asyncio.timeout(timeout_s):
-        while monitor.check().state == "starting":
-            await asyncio.sleep(0.02)
+        await monitor.checked.wait()
     return monitor.check()
 
 
@@ -67,7 +67,7 @@ async def test_a_failing_probe_backs_off_logs_once_and_recovers(
         async with asyncio.timeout(5):
             await healthy.wait()
         await monitor.close()
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b - a for a, b in pairwise(calls)]
     assert gaps[1] > gaps[0] * 1.5  # backoff grows
     messages = [r.getMessage() for r in caplog.records]
     assert sum("thing is not ready: ConnectionError: refused" in m for m in messages) == 1

@@ -40,6 +40,7 @@ class DependencyMonitor:
         self._healthy_interval = healthy_interval_s
         self._check = Check("starting", f"{name} not checked yet")
         self._task: asyncio.Task[None] | None = None
+        self.checked = asyncio.Event()  # set once the first probe has an outcome
 
     def check(self) -> Check:
         return self._check
@@ -75,6 +76,7 @@ class DependencyMonitor:
 
     def _remember(self, check: Check) -> None:
         before, self._check = self._check, check
+        self.checked.set()
         if check.ready and not before.ready:
             log.warning("readiness: %s is ok", self.name)
         elif not check.ready and check.reason != before.reason:
