@@ -151,7 +151,7 @@ class Readiness:
     def _remember(self, name: str, check: Check) -> None:
         before = self._probed[name]
         self._probed[name] = check
-        if check.ready and not before.ready and before is not NOT_PROBED:
+        if check.ready and before.state == "unavailable":
             log.warning("readiness: %s is ok again", name)
         elif check.state == "unavailable" and before.reason != check.reason:
             log.warning("readiness: %s is unavailable: %s", name, check.reason)
