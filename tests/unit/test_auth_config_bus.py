@@ -92,7 +92,7 @@ def test_settings_from_environment() -> None:
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
-        ({"SQUALL_PORT": "abc"}, "SQUALL_PORT='abc' is not a valid int"),
+        ({"SQUALL_PORT": "abc"}, "env SQUALL_PORT.: 'abc' must be a whole number"),
         ({"SQUALL_PORT": "70000"}, "port 70000 is out of range"),
         ({"SQUALL_GUEST_AUTH": "no-colon"}, "SQUALL_GUEST_AUTH must be 'uuid:key'"),
         ({"SQUALL_PREWARM_COUNT": "-1"}, "SQUALL_PREWARM_COUNT must be 0 or more"),

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
+from squall.cli import ops as _ops_commands  # noqa: F401  (registers `config`, `doctor`)
 from squall.cli import store as _store_commands  # noqa: F401  (registers `squall store`)
 from squall.cli.commands import cli
-from squall.config import load_settings
+from squall.cli.ops import CONFIG_OPTION, report_configuration_error, settings_or_exit
 from squall.errors import ConfigurationError, SquallError
 
 
@@ -22,17 +23,23 @@ from squall.errors import ConfigurationError, SquallError
     default=None,
     help="Where the database and keys live (default ~/.squall).",
 )
-def standalone(host: str | None, port: int | None, data_dir: Path | None) -> None:
+@CONFIG_OPTION
+def standalone(
+    host: str | None, port: int | None, data_dir: Path | None, config_file: Path | None
+) -> None:
     """Run the whole platform in one process: API, scheduler and invoker."""
-    from squall.config import validate
     from squall.standalone import run
 
+    flags = {
+        "host": (host, "--host"),
+        "port": (port, "--port"),
+        "data_dir": (data_dir, "--data-dir"),
+    }
+    settings = settings_or_exit(config_file, flags)
     try:
-        settings = load_settings().with_overrides(host=host, port=port, data_dir=data_dir)
-        validate(settings)
         run(settings)
-    except ConfigurationError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except ConfigurationError as exc:  # found at start (e.g. a missing driver): not retried
+        report_configuration_error(exc)
         sys.exit(2)
     except SquallError as exc:  # e.g. a database schema newer than this Squall: one line
         click.echo(f"error: {exc}", err=True)

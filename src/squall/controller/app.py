@@ -50,6 +50,7 @@ from squall.entities.names import DEFAULT_NAMESPACE, EntityPath, IllegalName, ch
 from squall.entities.rule import parse_status_request
 from squall.entities.trigger import Trigger
 from squall.errors import DependencyUnavailable
+from squall.logs import TRANSACTION
 
 log = logging.getLogger("squall.controller")
 
@@ -76,6 +77,7 @@ class Api:
 
         async def run(request: Request) -> Response:
             tid = new_transaction_id()
+            TRANSACTION.set(tid)  # every log line of this request carries it
             try:
                 identity = await self.auth.identify(
                     request.headers.get("authorization"),

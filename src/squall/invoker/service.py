@@ -21,6 +21,7 @@ from squall.config import InvokerSettings, SystemLimits
 from squall.errors import QueueGone, StoreError
 from squall.invoker.execute import execute
 from squall.invoker.prewarm import PrewarmPool
+from squall.logs import TRANSACTION
 from squall.messages import INVOKER_TOPIC, Completion, ContainerCreation, completed_topic
 from squall.ops.counters import ActivationCounts
 
@@ -178,6 +179,7 @@ class InvokerService:
             container.parked = False
             if message is None:
                 return  # idle for too long: give the memory back
+            TRANSACTION.set(message.transaction_id)
             executed = await execute(
                 sandbox,
                 message,

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from squall.abc import ActivationStore, EntityStore, SandboxFactory
 from squall.alarms import AlarmService
@@ -65,6 +66,18 @@ def scrub(text: str) -> str:
     return _URL.sub(lambda match: redact(match.group(0)), text)
 
 
+class Monitor(Protocol):
+    """A dependency checked in the background (ops.dependencies): Kafka, etcd."""
+
+    name: str
+
+    def check(self) -> Check: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Readiness:
     """The checks of a standalone process (entity and activation stores, scheduler durations,
     alarms, sandbox), kept current by a background probe of the stores."""
@@ -79,6 +92,7 @@ class Readiness:
         alarms: AlarmService,
         sandboxes: SandboxFactory,
         probe_interval_s: float = PROBE_INTERVAL_S,
+        monitors: Sequence[Monitor] = (),
     ) -> None:
         self._settings = settings
         self._entities, self._activations = entities, activations
@@ -86,6 +100,7 @@ class Readiness:
         self._interval = probe_interval_s
         self._probed = dict.fromkeys(("entity_store", "activation_store"), NOT_PROBED)
         self._task: asyncio.Task[None] | None = None
+        self._monitors = tuple(monitors)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -94,7 +109,19 @@ class Readiness:
         await self.probe()
         self._task = asyncio.create_task(self._probe_forever(), name="squall-readiness-probe")
 
+    async def start_monitors(self) -> None:
+        """Begin checking Kafka and etcd; first thing at start, so /readyz tells about them
+        even while a store keeps the rest of the start waiting."""
+        for monitor in self._monitors:
+            await monitor.start()
+
+    def note(self, name: str, check: Check) -> None:
+        """What the start learned about a store before the probe runs (e.g. it is unreachable)."""
+        self._remember(name, check)
+
     async def close(self) -> None:
+        for monitor in self._monitors:
+            await monitor.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -118,15 +145,15 @@ class Readiness:
             (entity_url, activation_url),
             strict=True,
         ):
-            check = OK if reason is None else Check("unavailable", reason, _store_fix(name, url))
+            check = OK if reason is None else Check("unavailable", reason, store_fix(name, url))
             self._remember(name, check)
 
     def _remember(self, name: str, check: Check) -> None:
         before = self._probed[name]
         self._probed[name] = check
-        if check.ready and not before.ready and before is not NOT_PROBED:
+        if check.ready and before.state == "unavailable":
             log.warning("readiness: %s is ok again", name)
-        elif not check.ready and before.reason != check.reason:
+        elif check.state == "unavailable" and before.reason != check.reason:
             log.warning("readiness: %s is unavailable: %s", name, check.reason)
 
     # -- the report ----------------------------------------------------------------------------
@@ -138,6 +165,7 @@ class Readiness:
             "scheduler_durations": self._scheduler_durations(),
             "alarms": self._alarm_check(),
             "sandbox": self._sandbox(),
+            **{monitor.name: monitor.check() for monitor in self._monitors},
         }
 
     def report(self) -> tuple[bool, dict[str, Any]]:
@@ -152,7 +180,7 @@ class Readiness:
         if reason is None:
             return self._probed["activation_store"]
         url = self._settings.activation_store_url
-        return Check("unavailable", scrub(str(reason)), _store_fix("activation_store", url))
+        return Check("unavailable", scrub(str(reason)), store_fix("activation_store", url))
 
     def _scheduler_durations(self) -> Check:
         reason = self._scheduler.durations_degraded
@@ -198,7 +226,7 @@ async def _probe(call: Any) -> str | None:
     return None
 
 
-def _store_fix(name: str, url: StoreURL) -> str:
+def store_fix(name: str, url: StoreURL) -> str:
     """What the operator should do; names the setting and the (redacted) URL in use."""
     action = _WHILE_DOWN[name]
     return (

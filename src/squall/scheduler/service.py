@@ -21,6 +21,7 @@ from squall.entities.activation import (
     ActivationResponse,
 )
 from squall.errors import QueueGone, SquallError
+from squall.logs import TRANSACTION
 from squall.messages import (
     INVOKER_TOPIC,
     SCHEDULER_TOPIC,
@@ -288,6 +289,7 @@ class SchedulerService:
             self._fail(message, error, status)
 
     def _fail(self, message: ActivationMessage, error: str, status: int) -> None:
+        TRANSACTION.set(message.transaction_id)
         now = int(time.time() * 1000)
         record = message.record(
             start=now,
