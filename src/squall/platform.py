@@ -33,6 +33,7 @@ from squall.sandbox.process import ProcessSandboxFactory
 from squall.scheduler.service import SchedulerService
 from squall.stores import select
 from squall.stores.retention import RetentionService
+from squall.ui import ui_routes
 
 log = logging.getLogger("squall")
 
@@ -143,8 +144,10 @@ def build_platform(settings: Settings) -> Platform:
         alarms=alarms,
         sandboxes=sandboxes,
     )
-    registry = metrics_registry(Sources(activations, scheduler, invoker, alarms, readiness))
-    app = build_app(controller, auth, ops_routes(readiness, registry), feeds)
+    sources = Sources(activations, scheduler, invoker, alarms, readiness)
+    registry = metrics_registry(sources)
+    app = build_app(controller, auth, [*ops_routes(readiness, registry), *ui_routes(auth, sources)],
+                    feeds)  # fmt: skip
     warnings = []
     if getattr(sandboxes, "isolation_degraded", False):
         warnings.append(
