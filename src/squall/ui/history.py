@@ -46,8 +46,12 @@ class History:
         totals = _Totals(now, sum(counts.buckets), counts.duration_sum_ms, tuple(counts.buckets))
         if self._last is not None:
             self._points.append(
-                {"t": int(now * 1000), "lagP50Ms": lag_p50_ms, "lagP99Ms": lag_p99_ms,
-                 **_latency(self._last, totals)}  # fmt: skip
+                {
+                    "t": int(now * 1000),
+                    "lagP50Ms": lag_p50_ms,
+                    "lagP99Ms": lag_p99_ms,
+                    **_latency(self._last, totals),
+                }
             )
         self._last = totals
         return list(self._points)

@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from squall.controller.auth import Authenticator, Identity
 from squall.controller.errors import (
     INTERNAL_ERROR,
+    NOT_FOUND,
     RETRY_AFTER,
     STORE_UNAVAILABLE,
     UNAUTHENTICATED,
@@ -47,6 +47,13 @@ SECURITY_HEADERS = {
     "cache-control": "no-cache",
 }
 _NO_STORE = {"cache-control": "no-store"}
+# Revalidated on each load (no-cache): an upgraded Squall never runs a stale script.
+_ASSET_HEADERS = {"cache-control": "no-cache", "x-content-type-options": "nosniff"}
+_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+}
 
 View = Callable[[Identity], dict[str, object]]
 
@@ -54,9 +61,10 @@ View = Callable[[Identity], dict[str, object]]
 def ui_routes(auth: Authenticator, sources: Sources) -> list[BaseRoute]:
     """The routes to add to the controller's router (one mount point: `/ui`)."""
     history = History()
+    index = (STATIC_DIR / "index.html").read_bytes()
 
     async def page(request: Request) -> Response:
-        return FileResponse(STATIC_DIR / "index.html", headers=SECURITY_HEADERS)
+        return Response(index, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
     def alarms(identity: Identity) -> dict[str, object]:
         return alarms_view(sources.alarms, identity.namespace)
@@ -69,13 +77,29 @@ def ui_routes(auth: Authenticator, sources: Sources) -> list[BaseRoute]:
         Route("/ui/", page, methods=["GET"]),
         Route("/ui/api/alarms", _authenticated(auth, alarms), methods=["GET"]),
         Route("/ui/api/system", _authenticated(auth, system), methods=["GET"]),
-        Mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static"),
+        Route("/ui/static/{name}", _assets(), methods=["GET"]),
     ]
 
 
-def _authenticated(
-    auth: Authenticator, view: View
-) -> Callable[[Request], Awaitable[Response]]:
+def _assets() -> Callable[[Request], Awaitable[Response]]:
+    """The few asset files, read once: a fixed table, so no path from a URL reaches the disk."""
+    files = {
+        path.name: (path.read_bytes(), _TYPES[path.suffix])
+        for path in STATIC_DIR.iterdir()
+        if path.suffix in _TYPES
+    }
+
+    async def asset(request: Request) -> Response:
+        found = files.get(request.path_params["name"])
+        if found is None:
+            return error_response(ApiError(404, NOT_FOUND), new_transaction_id())
+        body, media_type = found
+        return Response(body, media_type=media_type, headers=_ASSET_HEADERS)
+
+    return asset
+
+
+def _authenticated(auth: Authenticator, view: View) -> Callable[[Request], Awaitable[Response]]:
     """The API's own authentication and error shape around a view of the caller's namespace."""
 
     async def answer(request: Request) -> Response:

@@ -15,8 +15,12 @@ from squall.ui.words import schedule_in_words
 _DELIVERED = (FireOutcome.FIRED, FireOutcome.NO_ACTIVE_RULES)
 NEXT_FIRES = 5
 LAST_FIRES = 10
-# Roles of a standalone process; a cluster process reports only the role it runs.
-STANDALONE_ROLES = ("controller", "scheduler", "invoker")
+# The roles of a standalone process and the readiness checks each depends on.
+ROLE_CHECKS = {
+    "controller": ("entity_store",),
+    "scheduler": ("scheduler_durations", "alarms", "entity_store"),
+    "invoker": ("sandbox", "activation_store"),
+}
 
 
 def alarms_view(alarms: AlarmService, namespace: str) -> dict[str, Any]:
@@ -32,7 +36,7 @@ def _alarm(alarms: AlarmService, alarm: Alarm) -> dict[str, Any]:
         "words": schedule_in_words(alarm),
         **alarms.read_view(alarm, next_count=NEXT_FIRES),
         "fires": [_fire(record) for record in reversed(fires)],
-        "events": [_event(record) for record in reversed(fires) if _is_event(record)],
+        "events": [describe_event(record) for record in reversed(fires) if is_event(record)],
     }
 
 
@@ -48,12 +52,12 @@ def _fire(record: FireRecord) -> dict[str, Any]:
     }
 
 
-def _is_event(record: FireRecord) -> bool:
+def is_event(record: FireRecord) -> bool:
     """Fires worth calling out: a misfire caught up, a throttled or failed delivery."""
     return record.catchup or record.outcome not in _DELIVERED or record.attempts > 1
 
 
-def _event(record: FireRecord) -> dict[str, Any]:
+def describe_event(record: FireRecord) -> dict[str, Any]:
     if record.catchup:
         what = "misfire: a missed tick fired late by the misfire policy"
     elif record.outcome is FireOutcome.THROTTLED:
@@ -75,7 +79,7 @@ def system_view(sources: Sources, history: History) -> dict[str, Any]:
     return {
         "ready": ready,
         "checks": readiness["checks"],
-        "roles": [{"role": role, "ready": ready} for role in STANDALONE_ROLES],
+        "roles": _roles(readiness["checks"]),
         "queues": {"queues": queues, "queued": queued, "creating": creating},
         "containers": invoker.container_states(),
         "prewarm": {"ready": invoker.prewarm.cells(), "target": invoker.prewarm.count},
@@ -86,3 +90,11 @@ def system_view(sources: Sources, history: History) -> dict[str, Any]:
         "history": history.sample(invoker.counts, stats.lag_p50_ms, stats.lag_p99_ms),
     }
 
+
+def _roles(checks: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each role with the checks it is waiting for (empty when it is ready)."""
+    roles = []
+    for role, needs in ROLE_CHECKS.items():
+        waiting = [name for name in needs if name in checks and not checks[name]["ready"]]
+        roles.append({"role": role, "ready": not waiting, "waitingFor": waiting})
+    return roles

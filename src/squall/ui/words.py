@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from cron_descriptor import CasingTypeEnum, ExpressionDescriptor, FormatException, Options
+from cron_descriptor import (  # type: ignore[import-untyped]
+    CasingTypeEnum,
+    ExpressionDescriptor,
+    FormatException,
+    Options,
+)
 
 from squall.alarms import Alarm, AlarmKind
 

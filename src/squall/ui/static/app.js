@@ -55,7 +55,11 @@ function showError(err) {
   if (box) box.textContent = String(err && err.message ? err.message : err);
 }
 
-function time(ms) { return ms ? new Date(ms).toLocaleString() : "–"; }
+function time(ms) {
+  if (!ms) return "–";
+  const when = new Date(ms);
+  return when.toDateString() === new Date().toDateString() ? when.toLocaleTimeString() : when.toLocaleString();
+}
 function clock(ms) { return ms ? new Date(ms).toLocaleTimeString() : "–"; }
 function ms(value) { return value === null || value === undefined ? "–" : `${Math.round(value * 10) / 10} ms`; }
 function relative(when) {
@@ -256,32 +260,34 @@ function startKind(record) {
   return annotation(record, "waitTime") !== undefined ? "warm" : "–";
 }
 
-// Duration bars on a shared time axis: one row per activation, newest at the top. The wait in
-// the queue is a faint bar before the run, a cold start's init time is its own colour.
+// One bar per activation, oldest on the left: its height is the duration (the cold start's
+// init time in orange at its foot, an error in red), the queue wait a faint cap on top. A time
+// axis would shrink millisecond runs spread over minutes to slivers; order keeps them readable.
 function timelineChart(records) {
   if (!records.length) return h("p", { class: "muted" }, "Nothing to draw yet.");
-  const starts = records.map((r) => r.start - (annotation(r, "waitTime") || 0));
-  const from = Math.min(...starts);
-  const to = Math.max(...records.map((r) => Math.max(r.end || r.start, r.start + 1)));
-  const span = Math.max(to - from, 1);
-  const width = 1000, row = 14, height = records.length * row + 4;
-  const x = (t) => ((t - from) / span) * width;
-  const bars = records.map((r, i) => {
-    const y = i * row + 2, wait = annotation(r, "waitTime") || 0, init = annotation(r, "initTime") || 0;
-    const end = Math.max(r.end || r.start, r.start);
-    const cls = r.statusCode === 0 ? "bar-ok" : "bar-bad";
+  const ordered = [...records].reverse();
+  const width = 1000, height = 160, slot = width / Math.max(ordered.length, 12);
+  const total = (r) => (r.duration || 0) + (annotation(r, "waitTime") || 0);
+  const top = Math.max(1, ...ordered.map(total));
+  const y = (value) => (value / top) * (height - 4);
+  const bars = ordered.map((r, i) => {
+    const wait = annotation(r, "waitTime") || 0, init = Math.min(annotation(r, "initTime") || 0, r.duration || 0);
+    const x = i * slot + slot * 0.15, w = slot * 0.7;
+    const run = Math.max(y(r.duration || 0), 2), cold = init ? Math.max(y(init), 2) : 0;
     const label = `${r.name}: ${STATUS[r.statusCode] || r.statusCode}, ${r.duration ?? 0} ms` +
       (init ? `, cold start (init ${init} ms)` : "") + (wait ? `, waited ${wait} ms` : "") + `, at ${clock(r.start)}`;
     return svg("a", { href: `#/activations/${r.activationId}`, "aria-label": label, class: "tl-bar", "data-id": r.activationId },
       svg("title", {}, label),
-      wait ? svg("rect", { class: "bar-wait", x: x(r.start - wait), y, width: Math.max(x(r.start) - x(r.start - wait), 1), height: row - 4 }) : null,
-      svg("rect", { class: cls, x: x(r.start), y, width: Math.max(x(end) - x(r.start), 3), height: row - 4 }),
-      init ? svg("rect", { class: "bar-cold", x: x(r.start), y, width: Math.max(x(r.start + init) - x(r.start), 3), height: row - 4 }) : null);
+      svg("rect", { class: "bar-hit", x: i * slot, y: 0, width: slot, height }),
+      wait ? svg("rect", { class: "bar-wait", x, y: height - run - Math.max(y(wait), 1), width: w, height: Math.max(y(wait), 1) }) : null,
+      svg("rect", { class: r.statusCode === 0 ? "bar-ok" : "bar-bad", x, y: height - run, width: w, height: run }),
+      init ? svg("rect", { class: "bar-cold", x, y: height - cold, width: w, height: cold }) : null);
   });
-  return h("figure", { style: null },
+  const first = ordered[0].start, last = ordered[ordered.length - 1].start;
+  return h("figure", {},
     svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", height, role: "group",
-      "aria-label": `Timeline of ${records.length} recent activations` }, bars),
-    h("div", { class: "axis" }, h("span", {}, clock(from)), h("span", {}, `${(span / 1000).toFixed(span < 10000 ? 2 : 0)} s`), h("span", {}, clock(to))),
+      "aria-label": `Durations of the ${records.length} most recent activations, oldest first` }, bars),
+    h("div", { class: "axis" }, h("span", {}, clock(first)), h("span", {}, `tallest ${top} ms`), h("span", {}, clock(last))),
     h("ul", { class: "legend" },
       h("li", {}, h("span", { class: "swatch sw-ok" }), "success"),
       h("li", {}, h("span", { class: "swatch sw-bad" }), "error"),
@@ -555,7 +561,7 @@ function systemView(s) {
   const a = s.alarms;
   return h("div", {},
     h("p", { id: "overall", class: `panel ${s.ready ? "ok" : "bad"}` }, h("strong", {}, s.ready ? "Ready" : "Not ready"),
-      " · roles: ", s.roles.map((r, i) => [i ? ", " : "", `${r.role} ${r.ready ? "ready" : "not ready"}`])),
+      " · roles: ", s.roles.map((r, i) => [i ? ", " : "", `${r.role} ${r.ready ? "ready" : `not ready (${r.waitingFor.join(", ").replace(/_/g, " ")})`}`])),
     h("div", { class: "panel scroll" }, h("h2", {}, "Dependencies"), h("table", { id: "checks" },
       h("thead", {}, h("tr", {}, h("th", {}, "Check"), h("th", {}, "State"), h("th", {}, "Reason"), h("th", { class: "wide" }, "Fix"))),
       h("tbody", {}, checks.map(([name, c]) => h("tr", { "data-check": name }, h("td", {}, name.replace(/_/g, " ")),
