@@ -54,6 +54,7 @@ async def test_alarms_view_shows_only_the_callers_namespace(
         )  # fmt: skip
         assert created.status_code == 200, created.text
     view = (await guest.get("/ui/api/alarms")).json()
+    assert view["total"] == 1
     [alarm] = view["alarms"]
     assert alarm["trigger"] == "mine"
     assert alarm["words"] == "At 09:00, Monday through Friday (UTC)"

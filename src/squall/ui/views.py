@@ -14,6 +14,8 @@ from squall.ui.words import schedule_in_words
 
 _DELIVERED = (FireOutcome.FIRED, FireOutcome.NO_ACTIVE_RULES)
 NEXT_FIRES = 5
+# A page polled every 2 s: a namespace with thousands of alarms shows the first ones.
+MAX_ALARMS = 100
 LAST_FIRES = 10
 # The roles of a standalone process and the readiness checks each depends on.
 ROLE_CHECKS = {
@@ -24,8 +26,10 @@ ROLE_CHECKS = {
 
 
 def alarms_view(alarms: AlarmService, namespace: str) -> dict[str, Any]:
-    """Every alarm of `namespace`: OpenWhisk's feed READ body plus words, fires and misfires."""
-    return {"alarms": [_alarm(alarms, alarm) for alarm in alarms.list(namespace)]}
+    """The alarms of `namespace` (the first MAX_ALARMS by trigger name): OpenWhisk's feed READ
+    body plus the schedule in words, the last fires and the misfire and throttling events."""
+    found = alarms.list(namespace)
+    return {"alarms": [_alarm(alarms, a) for a in found[:MAX_ALARMS]], "total": len(found)}
 
 
 def _alarm(alarms: AlarmService, alarm: Alarm) -> dict[str, Any]:

@@ -7,6 +7,7 @@ const KEY = "squall.auth";
 const NS = "/api/v1/namespaces/_";
 const STATUS = ["success", "application error", "developer error", "whisk error"];
 const FEEDS = { cron: "alarm", interval: "interval", once: "once" };
+const LIMIT_UNITS = { timeout: " ms", memory: " MB", logs: " MB" };
 const view = { timers: [], seen: null, filters: { name: "", status: "", since: "", upto: "", live: true } };
 
 // -- small helpers -------------------------------------------------------------------------
@@ -419,7 +420,7 @@ function actionDetail(name, a) {
   return h("div", {},
     h("div", { class: "grid" },
       h("div", { class: "panel" }, h("h2", {}, "Limits"), h("dl", { class: "facts" },
-        Object.entries(limits).map(([k, v]) => [h("dt", {}, k), h("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v))]),
+        Object.entries(limits).map(([k, v]) => [h("dt", {}, k), h("dd", {}, typeof v === "object" ? JSON.stringify(v) : `${v}${LIMIT_UNITS[k] || ""}`)]),
         h("dt", {}, "kind"), h("dd", {}, exec.kind || "–"), h("dt", {}, "version"), h("dd", {}, a.version))),
       invokeForm(name)),
     h("div", { class: "panel" }, h("h2", {}, "Code"), h("pre", { id: "code", tabindex: "0" }, h("code", {}, code))),
@@ -474,7 +475,8 @@ function triggersPage() {
     const [t, r, a] = await Promise.all([api(`${NS}/triggers?limit=200`), api(`${NS}/rules?limit=200`), api("/ui/api/alarms")]);
     replaceKeepingFocus(triggers, triggerTable(t.data));
     replaceKeepingFocus(rules, ruleTable(r.data));
-    replaceKeepingFocus(alarms, ...alarmCards(a.data.alarms));
+    const shown = a.data.alarms.length < a.data.total ? h("p", { class: "muted" }, `The first ${a.data.alarms.length} of ${a.data.total} alarms, by trigger name.`) : null;
+    replaceKeepingFocus(alarms, ...alarmCards(a.data.alarms), shown || "");
   });
   return page("Triggers, rules & alarms",
     h("div", { class: "panel" }, h("h2", {}, "Alarms"), alarms),
