@@ -244,7 +244,6 @@ def test_alarm_shows_next_fires_then_a_fire_and_its_chain(
 
     go(page, "#/activations")  # the alarm's trigger activations and their actions, live
     expect(page.locator("#activation-list tbody tr").filter(has_text="tick").first).to_be_visible()
-    page.wait_for_timeout(2500)  # one more fire on the timeline for the picture
     shot(page, artifacts, "activations-alarm")
 
     go(page, "#/triggers")
@@ -287,10 +286,16 @@ def test_a_stopped_activation_store_turns_not_ready_and_back(
         expect(page.locator("#overall")).to_contain_text("Not ready")
         expect(check).to_contain_text("SQUALL_ACTIVATION_STORE")  # the fix names the setting
         shot(page, artifacts, "system-not-ready")
+        go(page, "#/activations")  # the list cannot be read meanwhile, and says so
+        expect(page.locator("#problem")).to_contain_text("temporarily unavailable")
+        go(page, "#/system")
     finally:
         postgres.start()
     expect(check).to_contain_text("ok", timeout=30_000)
     expect(page.locator("#overall")).to_contain_text("Ready")
+    go(page, "#/activations")
+    expect(page.locator("#activation-list tbody tr").first).to_be_visible()
+    expect(page.locator("#problem")).to_have_text("")
 
 
 def test_the_dashboard_api_needs_the_key(squall: ServerProcess) -> None:

@@ -44,8 +44,9 @@ function announce(text) {
   setTimeout(() => { region.textContent = text; }, 50);
 }
 
+// A refresh that works again clears the problem an earlier one showed (a store back up).
 function every(ms, fn) {
-  const run = () => fn().catch(showError);
+  const run = () => fn().then(clearProblem, showError);
   view.timers.push(setInterval(run, ms));
   return run();
 }
@@ -54,6 +55,11 @@ function showError(err) {
   if (err && err.signedOut) return;
   const box = document.getElementById("problem");
   if (box) box.textContent = String(err && err.message ? err.message : err);
+}
+
+function clearProblem() {
+  const box = document.getElementById("problem");
+  if (box) box.textContent = "";
 }
 
 function time(ms) {
@@ -204,7 +210,7 @@ function activationsPage() {
   const update = (key) => (event) => {
     f[key] = event.target.type === "checkbox" ? event.target.checked : event.target.value;
     view.seen = null;
-    refresh().catch(showError);
+    refresh().then(clearProblem, showError);
   };
   const form = h("form", { class: "filters panel", role: "search", onsubmit: (e) => e.preventDefault() },
     h("label", {}, "Name", h("input", { id: "filter-name", type: "search", value: f.name, placeholder: "action or trigger", oninput: update("name") })),
@@ -214,8 +220,8 @@ function activationsPage() {
     h("label", {}, "Since", h("input", { id: "filter-since", type: "datetime-local", value: f.since, onchange: update("since") })),
     h("label", {}, "Until", h("input", { id: "filter-upto", type: "datetime-local", value: f.upto, onchange: update("upto") })),
     h("label", { class: "inline" }, h("input", { id: "filter-live", type: "checkbox", checked: f.live, onchange: update("live") }), "Live"));
-  refresh().catch(showError);
-  view.timers.push(setInterval(() => { if (f.live) refresh().catch(showError); }, 2000));
+  refresh().then(clearProblem, showError);
+  view.timers.push(setInterval(() => { if (f.live) refresh().then(clearProblem, showError); }, 2000));
   return page("Activations", form,
     h("div", { class: "panel" }, h("h2", {}, "Timeline"), timeline),
     h("div", { class: "panel" }, h("h2", {}, "Recent activations"), table));
@@ -579,7 +585,7 @@ function systemView(s) {
     h("div", { class: "grid" },
       chart("Alarm fire lag (ms)", s.history, [["lagP50Ms", "p50", "a"], ["lagP99Ms", "p99", "b"]]),
       chart("Activation latency (ms)", s.history, [["meanMs", "mean", "a"], ["p95Ms", "p95 (bucket bound)", "b"]]),
-      chart("Activations per second", s.history, [["perSecond", "finished", "c"]])));
+      chart("Action runs per second", s.history, [["perSecond", "finished", "c"]])));
 }
 
 function numbers(title, values) {
@@ -596,6 +602,10 @@ function chart(title, points, series) {
   const x = (t) => ((t - t0) / Math.max(t1 - t0, 1)) * width, y = (v) => height - (v / top) * height;
   const lines = series.map(([key, , cls]) => {
     const coords = points.filter((p) => typeof p[key] === "number").map((p) => `${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`);
+    if (coords.length === 1) {  // one point is no line: mark it
+      const [cx, cy] = coords[0].split(",");
+      return svg("circle", { class: `line-${cls}`, cx, cy, r: 4, fill: "none", "stroke-width": 2, "vector-effect": "non-scaling-stroke" });
+    }
     return coords.length ? svg("polyline", { class: `line-${cls}`, fill: "none", "stroke-width": 2, "vector-effect": "non-scaling-stroke", points: coords.join(" ") }) : null;
   });
   const latest = points.length ? points[points.length - 1] : {};
