@@ -43,6 +43,7 @@ from squall.scheduler.service import SchedulerService
 from squall.stores import select
 from squall.stores.journal import JOURNAL_FILE, CrashJournal, JournaledBus
 from squall.stores.retention import RetentionService
+from squall.ui import ui_routes
 
 log = logging.getLogger("squall")
 
@@ -185,8 +186,10 @@ def build_platform(settings: Settings) -> Platform:
         sandboxes=sandboxes,
         monitors=monitors,
     )
-    registry = metrics_registry(Sources(activations, scheduler, invoker, alarms, readiness))
-    app = build_app(controller, auth, ops_routes(readiness, registry), feeds)
+    sources = Sources(activations, scheduler, invoker, alarms, readiness)
+    registry = metrics_registry(sources)
+    routes = [*ops_routes(readiness, registry), *ui_routes(auth, sources)]
+    app = build_app(controller, auth, routes, feeds)
     if getattr(sandboxes, "isolation_degraded", False):
         warnings.append(
             f"sandbox isolation is reduced: {getattr(sandboxes, 'isolation_reason', '')}"

@@ -24,6 +24,8 @@ def served_operations(platform: Platform) -> set[tuple[str, str]]:
     for route in router.routes:
         if not isinstance(route, Route) or route.path == "/{path:path}":
             continue  # the fallback answers 404/405 and CORS preflight for every path
+        if route.path == "/ui" or route.path.startswith("/ui/"):
+            continue  # the dashboard's page, assets and views are its own surface (docs/ui.md)
         path = DOCUMENTED_AS.get(route.path) or re.sub(
             r"\{(\w+)\}", lambda m: "{" + RENAMED.get(m[1], m[1]) + "}", route.path
         )
