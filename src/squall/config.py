@@ -68,7 +68,8 @@ class InvokerSettings:
     """Container pool knobs (OpenWhisk's `whisk.container-pool.*`, `container-proxy.*`)."""
 
     user_memory_mb: int = 4096
-    prewarm_count: int = 2
+    # None: each runtime's stem-cell count from the runtimes manifest; a number overrides them all.
+    prewarm_count: int | None = None
     idle_container_s: float = 600.0
 
 
@@ -98,6 +99,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     invoker: InvokerSettings = field(default_factory=InvokerSettings)
     stores: StoreSettings = field(default_factory=lambda: StoreSettings())
+    runtimes: RuntimeSettings = field(default_factory=lambda: RuntimeSettings())
 
     @property
     def database_path(self) -> Path:
@@ -119,6 +121,35 @@ class Settings:
         """A copy with top-level values replaced (None means keep), e.g. from CLI flags."""
         kept = {k: v for k, v in values.items() if v is not None}
         return replace(self, **kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtimes and namespace limits (issue 4): the runtimes manifest, how fresh the controller's view
+# of a namespace's credentials and limits is.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class RuntimeSettings:
+    """Which action kinds exist (OpenWhisk's RUNTIMES_MANIFEST) and how fresh limits are."""
+
+    # JSON text or a path to a JSON file; None is the manifest shipped in squall/runtimes.json.
+    manifest: str | None = None
+    manifest_variable: str = "SQUALL_RUNTIMES_MANIFEST"
+    # How long a verified key, and the namespace limits read with it, are trusted before the
+    # entity store is read again: `squall admin` changes reach a running server within this.
+    identity_ttl_s: float = 2.0
+
+
+def runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
+    """SQUALL_RUNTIMES_MANIFEST (else OpenWhisk's RUNTIMES_MANIFEST) and SQUALL_IDENTITY_TTL."""
+    found = _first(env, ("SQUALL_RUNTIMES_MANIFEST", "RUNTIMES_MANIFEST"))
+    ttl = env.get("SQUALL_IDENTITY_TTL")
+    return RuntimeSettings(
+        manifest=found[1] if found else None,
+        manifest_variable=found[0] if found else "SQUALL_RUNTIMES_MANIFEST",
+        identity_ttl_s=parse_duration("SQUALL_IDENTITY_TTL", ttl) if ttl else 2.0,
+    )
 
 
 _ENV_TOP_LEVEL = {
@@ -163,7 +194,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     limits = {a: _convert(v, env[v], int) for v, a in _ENV_LIMITS.items() if env.get(v)}
     invoker = {a: _convert(v, env[v], int) for v, a in _ENV_INVOKER.items() if env.get(v)}
     settings = Settings(**top, limits=SystemLimits(**limits), invoker=InvokerSettings(**invoker),
-                        stores=store_settings(env))  # fmt: skip
+                        stores=store_settings(env), runtimes=runtime_settings(env))  # fmt: skip
     validate(settings)
     return settings
 
@@ -290,7 +321,7 @@ def validate(settings: Settings) -> None:
         value = getattr(settings.limits, f.name)
         if isinstance(value, int) and value < 0:
             problems.append(f"limit {f.name}={value} must not be negative")
-    if settings.invoker.prewarm_count < 0:
+    if settings.invoker.prewarm_count is not None and settings.invoker.prewarm_count < 0:
         problems.append("SQUALL_PREWARM_COUNT must be 0 or more")
     if settings.stores.buffer_max < 1_000:
         problems.append("SQUALL_ACTIVATION_BUFFER_MAX must be at least 1000")

@@ -29,6 +29,7 @@ from squall.invoker.service import InvokerService
 from squall.ops.metrics import Sources, metrics_registry
 from squall.ops.readiness import Readiness
 from squall.ops.routes import ops_routes
+from squall.runtimes import load_manifest
 from squall.sandbox.process import ProcessSandboxFactory
 from squall.scheduler.service import SchedulerService
 from squall.stores import select
@@ -103,7 +104,8 @@ def build_platform(settings: Settings) -> Platform:
     )
     bus = MemoryBus()
     coordinator = LocalCoordinator()
-    sandboxes = ProcessSandboxFactory(sandbox_root())
+    runtimes = load_manifest(settings.runtimes.manifest, settings.runtimes.manifest_variable)
+    sandboxes = ProcessSandboxFactory(sandbox_root(), runtimes=runtimes)
     limits = settings.limits
     scheduler = SchedulerService(
         bus=bus,
@@ -121,6 +123,7 @@ def build_platform(settings: Settings) -> Platform:
         settings=settings.invoker,
         limits=limits,
         api_host=api_host,
+        runtimes=runtimes,
     )
     controller = ControllerService(
         entities=entities,
@@ -144,12 +147,17 @@ def build_platform(settings: Settings) -> Platform:
         sandboxes=sandboxes,
     )
     registry = metrics_registry(Sources(activations, scheduler, invoker, alarms, readiness))
-    app = build_app(controller, auth, ops_routes(readiness, registry), feeds)
+    app = build_app(
+        controller, auth, ops_routes(readiness, registry), feeds, runtimes=runtimes.info()
+    )
     warnings = []
     if getattr(sandboxes, "isolation_degraded", False):
         warnings.append(
             f"sandbox isolation is reduced: {getattr(sandboxes, 'isolation_reason', '')}"
         )
+    if runtimes.missing:
+        warnings.append("runtimes not installed, their kinds are not offered: "
+                        + ", ".join(runtimes.missing))  # fmt: skip
     return Platform(
         settings,
         entities,

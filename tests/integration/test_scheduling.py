@@ -132,15 +132,15 @@ async def test_full_queue_throttles_then_recovers(tmp_path: Path) -> None:
 
 async def test_prewarm_pool_refills_after_a_cold_start(tmp_path: Path) -> None:
     async with running(tmp_path, lambda s: s) as (platform, api):
-        assert platform.invoker.prewarm.cells() == 1
+        assert platform.invoker.prewarm.cells("python") == 1
         await create(api, "hello", "def main(a):\n    return {}\n")
         response = await api.post("/api/v1/namespaces/_/actions/hello?blocking=true", json={})
         assert response.status_code == 200
         for _ in range(100):
-            if platform.invoker.prewarm.cells() == 1:
+            if platform.invoker.prewarm.cells("python") == 1:
                 break
             await asyncio.sleep(0.02)
-        assert platform.invoker.prewarm.cells() == 1
+        assert platform.invoker.prewarm.cells("python") == 1
 
 
 async def test_idle_containers_are_evicted(tmp_path: Path) -> None:

@@ -359,17 +359,22 @@ class Api:
         return json_response({"logs": record.get("logs", [])}, transaction_id=tid)
 
 
-async def api_info(request: Request) -> Response:
-    return json_response(
-        {
-            "description": "Squall: an OpenWhisk-compatible serverless platform",
-            "api_version": "1.0.0",
-            "api_version_path": "v1",
-            "build": __version__,
-            "buildno": __version__,
-            "swagger_paths": {"ui": "/docs", "api-docs": "/api-docs"},
-        }
-    )
+def api_info(runtimes: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /api/v1`; `runtimes` lists the kinds that can run here, as OpenWhisk's does."""
+    info = {
+        "description": "Squall: an OpenWhisk-compatible serverless platform",
+        "api_version": "1.0.0",
+        "api_version_path": "v1",
+        "build": __version__,
+        "buildno": __version__,
+        "swagger_paths": {"ui": "/docs", "api-docs": "/api-docs"},
+        "runtimes": runtimes,
+    }
+
+    async def answer(request: Request) -> Response:
+        return json_response(info)
+
+    return answer
 
 
 async def ping(request: Request) -> Response:
@@ -477,14 +482,15 @@ def build_app(
     auth: Authenticator,
     extra_routes: list[BaseRoute] | None = None,
     feeds: AlarmFeeds | None = None,
+    runtimes: dict[str, Any] | None = None,
 ) -> ASGIApp:
-    """The ASGI application serving `/api/v1`."""
+    """The ASGI application serving `/api/v1`; `runtimes` is the manifest's `info()`."""
     api = Api(service, auth, feeds)
     ep = api.endpoint
     base = "/api/v1/namespaces/{ns}"
     routes: list[BaseRoute] = [
         Route("/ping", ping, methods=["GET"]),
-        Route("/api/v1", api_info, methods=["GET"]),
+        Route("/api/v1", api_info(runtimes or {}), methods=["GET"]),
         Route("/api/v1/namespaces", ep(api.namespaces), methods=["GET"]),
         Route(base + "/limits", ep(api.namespace_limits), methods=["GET"]),
         Route(base + "/actions", ep(api.list_actions), methods=["GET"]),
