@@ -100,6 +100,7 @@ class Settings:
     invoker: InvokerSettings = field(default_factory=InvokerSettings)
     stores: StoreSettings = field(default_factory=lambda: StoreSettings())
     runtimes: RuntimeSettings = field(default_factory=lambda: RuntimeSettings())
+    access: AccessSettings = field(default_factory=lambda: AccessSettings())
 
     @property
     def database_path(self) -> Path:
@@ -124,32 +125,40 @@ class Settings:
 
 
 # ---------------------------------------------------------------------------------------------
-# Runtimes and namespace limits (issue 4): the runtimes manifest, how fresh the controller's view
-# of a namespace's credentials and limits is.
+# Runtimes and namespaces (issue 4): the runtimes manifest, and how fresh the controller's view
+# of a namespace's key and limits is (`squall admin` writes them to the entity store).
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True, frozen=True)
 class RuntimeSettings:
-    """Which action kinds exist (OpenWhisk's RUNTIMES_MANIFEST) and how fresh limits are."""
+    """Which action kinds exist: OpenWhisk's RUNTIMES_MANIFEST."""
 
     # JSON text or a path to a JSON file; None is the manifest shipped in squall/runtimes.json.
     manifest: str | None = None
     manifest_variable: str = "SQUALL_RUNTIMES_MANIFEST"
-    # How long a verified key, and the namespace limits read with it, are trusted before the
-    # entity store is read again: `squall admin` changes reach a running server within this.
+
+
+@dataclass(slots=True, frozen=True)
+class AccessSettings:
+    """How long a verified key, and the namespace limits read with it, are trusted before the
+    entity store is read again: `squall admin` changes reach a running server within this."""
+
     identity_ttl_s: float = 2.0
 
 
 def runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
-    """SQUALL_RUNTIMES_MANIFEST (else OpenWhisk's RUNTIMES_MANIFEST) and SQUALL_IDENTITY_TTL."""
+    """SQUALL_RUNTIMES_MANIFEST, else OpenWhisk's RUNTIMES_MANIFEST."""
     found = _first(env, ("SQUALL_RUNTIMES_MANIFEST", "RUNTIMES_MANIFEST"))
-    ttl = env.get("SQUALL_IDENTITY_TTL")
     return RuntimeSettings(
         manifest=found[1] if found else None,
         manifest_variable=found[0] if found else "SQUALL_RUNTIMES_MANIFEST",
-        identity_ttl_s=parse_duration("SQUALL_IDENTITY_TTL", ttl) if ttl else 2.0,
     )
+
+
+def access_settings(env: Mapping[str, str]) -> AccessSettings:
+    ttl = env.get("SQUALL_IDENTITY_TTL")
+    return AccessSettings(parse_duration("SQUALL_IDENTITY_TTL", ttl) if ttl else 2.0)
 
 
 _ENV_TOP_LEVEL = {
@@ -194,7 +203,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     limits = {a: _convert(v, env[v], int) for v, a in _ENV_LIMITS.items() if env.get(v)}
     invoker = {a: _convert(v, env[v], int) for v, a in _ENV_INVOKER.items() if env.get(v)}
     settings = Settings(**top, limits=SystemLimits(**limits), invoker=InvokerSettings(**invoker),
-                        stores=store_settings(env), runtimes=runtime_settings(env))  # fmt: skip
+                        stores=store_settings(env), runtimes=runtime_settings(env),
+                        access=access_settings(env))  # fmt: skip
     validate(settings)
     return settings
 

@@ -112,7 +112,8 @@ def build_platform(settings: Settings) -> Platform:
         coordinator=coordinator,
         activations=activations,
         settings=settings.scheduler,
-        namespace_limit=lambda _ns: limits.concurrent_invocations,
+        # A namespace's own concurrent limit once the controller has seen it (its throttles).
+        namespace_limit=lambda ns: controller.throttles.concurrent_limit(ns),
     )
     api_host = settings.api_host or f"http://{settings.host}:{settings.port}"
     invoker = InvokerService(
@@ -133,7 +134,7 @@ def build_platform(settings: Settings) -> Platform:
         limits=limits,
         kinds=frozenset(sandboxes.kinds()),
     )
-    auth = Authenticator(entities)
+    auth = Authenticator(entities, ttl_s=settings.access.identity_ttl_s)
     feeds = AlarmFeeds(controller)
     # The scheduler role owns alarm timers; in one process they fire through the controller.
     alarms = AlarmService(entities, feeds.fire, on_delete_after_fire=feeds.delete_after_fire)

@@ -133,25 +133,8 @@ class Api:
 
     async def namespace_limits(self, request: Request, identity: Identity, tid: str) -> Response:
         self.namespace(request, identity)
-        system = self.limits
-        limits: dict[str, Any] = {
-            "invocationsPerMinute": system.invocations_per_minute,
-            "concurrentInvocations": system.concurrent_invocations,
-            "firesPerMinute": system.fires_per_minute,
-            "maxActionMemory": system.memory_mb.maximum * 1024 * 1024,
-            "minActionMemory": system.memory_mb.minimum * 1024 * 1024,
-            "maxActionTimeout": system.timeout_ms.maximum,
-            "minActionTimeout": system.timeout_ms.minimum,
-            "maxActionLogs": system.logs_mb.maximum * 1024 * 1024,
-            "minActionLogs": system.logs_mb.minimum * 1024 * 1024,
-            "maxActionConcurrency": system.concurrency.maximum,
-            "minActionConcurrency": system.concurrency.minimum,
-            "maxParameterSize": system.parameters_bytes,
-            "maxActionInstances": system.concurrent_invocations,
-            "storeActivations": True,
-        }
-        limits.update(identity.limits)
-        return json_response(limits, transaction_id=tid)
+        limits = self.service.throttles.limits(identity.limits)
+        return json_response(limits.to_json(), transaction_id=tid)
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -183,7 +166,8 @@ class Api:
             request, self.limits.code_bytes + 2 * self.limits.parameters_bytes, "action"
         )
         body = parse_json_object(raw, empty_ok=False)
-        action = await self.service.put_action(path, body, overwrite)
+        limits = self.service.throttles.limits(identity.limits)
+        action = await self.service.put_action(path, body, overwrite, namespace_limits=limits)
         return json_response(action.to_json(), transaction_id=tid)
 
     async def delete_action(self, request: Request, identity: Identity, tid: str) -> Response:

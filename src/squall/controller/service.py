@@ -23,7 +23,7 @@ from squall.controller.errors import (
     too_large,
 )
 from squall.controller.http import new_transaction_id
-from squall.controller.throttle import PerMinuteLimit
+from squall.controller.limits import NamespaceLimits, Throttles
 from squall.entities.action import Action, EntityTooLarge, InvalidEntity, build_action
 from squall.entities.activation import (
     APPLICATION_ERROR,
@@ -73,7 +73,7 @@ class ControllerService:
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
         self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._firing: set[str] = set()  # trigger activation ids being fired right now
-        self._fires = PerMinuteLimit()
+        self.throttles = Throttles(limits)  # namespace limits: rates, concurrency, kinds
 
     async def start(self) -> None:
         self._subscription = self._bus.subscribe(
@@ -85,6 +85,7 @@ class ControllerService:
 
     def _completed(self, message: object) -> None:
         if isinstance(message, Completion):
+            self.throttles.completed(message.activation_id)
             waiter = self._waiters.pop(message.activation_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(message.record)
@@ -104,7 +105,16 @@ class ControllerService:
         self._actions[cache_key] = entry
         return entry
 
-    async def put_action(self, path: EntityPath, body: Any, overwrite: bool) -> Action:
+    async def put_action(
+        self,
+        path: EntityPath,
+        body: Any,
+        overwrite: bool,
+        *,
+        namespace_limits: NamespaceLimits | None = None,
+    ) -> Action:
+        """Create or update; `namespace_limits` narrows kinds and limit ranges (403 / 400)."""
+        system = namespace_limits.actions if namespace_limits else self.limits
         await self._require_package(path)
         existing = await self.entities.get(ACTIONS, path.path, path.name)
         if existing is not None and not overwrite:
@@ -112,8 +122,10 @@ class ControllerService:
         previous = Action.from_json(existing.doc) if existing else None
         try:
             action = build_action(
-                path.path, path.name, body, kinds=self.kinds, system=self.limits, existing=previous
+                path.path, path.name, body, kinds=self.kinds, system=system, existing=previous
             )
+            if namespace_limits is not None:
+                namespace_limits.check_kind(action.kind)
         except InvalidEntity as exc:
             raise ApiError(400, str(exc)) from exc
         except EntityTooLarge as exc:
@@ -266,9 +278,7 @@ class ControllerService:
         trigger = await self.get_trigger(path)
         if not trigger.has_active_rule():
             return None
-        custom = identity.limits.get("firesPerMinute")
-        allowed = custom if isinstance(custom, int) else self.limits.fires_per_minute
-        self._fires.check(identity.namespace, allowed)
+        self.throttles.admit_fire(identity.namespace, identity.limits)
         start = int(time.time() * 1000)
         args = {**trigger.parameter_values(), **payload}
         results: list[dict[str, Any]] = []
@@ -499,8 +509,12 @@ class ControllerService:
         self._check_payload(params)
         if await self._coordinator.get(f"throttling/{identity.namespace}/{action.qualified}"):
             raise ApiError(429, "Too many requests")
+        activation_id = new_activation_id()
+        self.throttles.admit_invocation(
+            identity.namespace, identity.limits, action.kind, activation_id, action.limits.timeout
+        )
         return ActivationMessage(
-            activation_id=new_activation_id(),
+            activation_id=activation_id,
             transaction_id=transaction_id,
             invocation_namespace=identity.namespace,
             subject=identity.subject,
