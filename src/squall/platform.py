@@ -137,7 +137,12 @@ def build_platform(settings: Settings) -> Platform:
     auth = Authenticator(entities, ttl_s=settings.access.identity_ttl_s)
     feeds = AlarmFeeds(controller)
     # The scheduler role owns alarm timers; in one process they fire through the controller.
-    alarms = AlarmService(entities, feeds.fire, on_delete_after_fire=feeds.delete_after_fire)
+    alarms = AlarmService(
+        entities,
+        feeds.fire,
+        on_delete_after_fire=feeds.delete_after_fire,
+        on_throttled=feeds.record_throttled,
+    )
     feeds.attach(alarms)
     readiness = Readiness(
         settings,

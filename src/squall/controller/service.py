@@ -312,6 +312,40 @@ class ControllerService:
             self._bus.publish(SCHEDULER_TOPIC, message)
         return trigger_id
 
+    async def record_throttled_fire(
+        self,
+        identity: Identity,
+        path: EntityPath,
+        payload: dict[str, Any],
+        activation_id: str,
+        message: str,
+    ) -> None:
+        """A fire refused by the fires-per-minute limit, kept as a trigger activation.
+
+        For alarm ticks whose every attempt was throttled: the record (annotation
+        `throttled: true`, the 429 message as its error) takes the tick's activation id, so a
+        replay of the tick finds it and does not fire late. No action is invoked.
+        """
+        trigger = await self.get_trigger(path)
+        now = int(time.time() * 1000)
+        self.activations.store(
+            build_record(
+                namespace=identity.namespace,
+                name=trigger.name,
+                version=trigger.version,
+                subject=identity.subject,
+                activation_id=activation_id,
+                start=now,
+                end=now,
+                response=ActivationResponse(
+                    APPLICATION_ERROR, {"error": message, "payload": payload}
+                ),
+                logs=[],
+                annotations=[{"key": "throttled", "value": True}],
+            )
+        )
+        await self.activations.flush()
+
     async def _prepare_rule(
         self,
         identity: Identity,
