@@ -176,7 +176,8 @@ class PerMinuteCounter:
 class InFlight:
     """Activations accepted per namespace and not yet completed."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: float = IN_FLIGHT_GRACE_S) -> None:
+        self._grace_s = grace_s
         self._by_namespace: dict[str, dict[str, float]] = {}  # ns -> activation id -> expiry
         self._namespace_of: dict[str, str] = {}
 
@@ -191,7 +192,7 @@ class InFlight:
         return len(active)
 
     def add(self, namespace: str, activation_id: str, timeout_ms: int) -> None:
-        expiry = time.monotonic() + timeout_ms / 1000 + IN_FLIGHT_GRACE_S
+        expiry = time.monotonic() + timeout_ms / 1000 + self._grace_s
         self._by_namespace.setdefault(namespace, {})[activation_id] = expiry
         self._namespace_of[activation_id] = namespace
 
