@@ -239,5 +239,7 @@ async def ensure_guest(settings: Settings, store: EntityStore) -> str:
     ):
         if current is not None:
             await store.delete_subject(GUEST_NAMESPACE)
-        await store.put_subject(subject_record(GUEST_NAMESPACE, auth))
+        # Limits an admin set for guest stay; only the key follows SQUALL_GUEST_AUTH.
+        limits = current.limits if current is not None else None
+        await store.put_subject(subject_record(GUEST_NAMESPACE, auth, limits))
     return auth
