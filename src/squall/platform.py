@@ -133,6 +133,7 @@ def build_platform(settings: Settings) -> Platform:
         coordinator=coordinator,
         limits=limits,
         kinds=frozenset(sandboxes.kinds()),
+        kind_aliases=runtimes.aliases(),
     )
     auth = Authenticator(entities, ttl_s=settings.access.identity_ttl_s)
     feeds = AlarmFeeds(controller)

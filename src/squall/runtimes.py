@@ -66,6 +66,10 @@ class Manifest:
                         None)  # fmt: skip
         return None
 
+    def aliases(self) -> dict[str, str]:
+        """`family:default` -> the kind it stands for."""
+        return {f"{k.family}:default": k.kind for k in self.kinds.values() if k.default}
+
     def info(self) -> dict[str, list[dict[str, Any]]]:
         """The `runtimes` map of `GET /api/v1`, as OpenWhisk's controller lists it."""
         out: dict[str, list[dict[str, Any]]] = {}

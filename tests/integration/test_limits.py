@@ -21,7 +21,7 @@ from squall.cli.main import cli
 from squall.config import Settings
 from squall.platform import Platform, build_platform
 from squall.testing import LocalPostgres
-from tests.conftest import GUEST_AUTH, GUEST_KEY, GUEST_UUID, make_settings
+from tests.conftest import GUEST_AUTH, GUEST_KEY, GUEST_UUID, ServerProcess, make_settings
 
 ECHO = "def main(args):\n    return {'got': args}\n"
 SLOW = "import time\ndef main(args):\n    time.sleep(args.get('s', 2))\n    return {'slept': 1}\n"
@@ -325,3 +325,21 @@ def test_openwhisk_limit_aliases() -> None:
     limits = settings.limits
     assert (limits.invocations_per_minute, limits.concurrent_invocations) == (11, 12)
     assert limits.fires_per_minute == 13
+
+
+# ------------------------------------------------------------------------------ squall namespace
+
+
+def test_namespace_commands_against_a_server(server: ServerProcess) -> None:
+    connection = ["--apihost", server.url, "--auth", GUEST_AUTH]
+    listed = CliRunner().invoke(cli, [*connection, "namespace", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.split() == ["namespaces", "guest"]
+    got = CliRunner().invoke(cli, [*connection, "--json", "namespace", "get"])
+    assert got.exit_code == 0, got.output
+    body = json.loads(got.output)
+    assert set(body) == {"actions", "triggers", "rules", "limits"}
+    assert body["limits"]["invocationsPerMinute"] > 0
+    shown = CliRunner().invoke(cli, [*connection, "namespace", "get"])
+    assert shown.output.startswith("Entities in namespace: guest\nactions\n")
+    assert "concurrentInvocations" in shown.output

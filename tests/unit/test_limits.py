@@ -100,3 +100,12 @@ def test_an_activation_without_completion_stops_counting() -> None:
     assert in_flight.count("a") == 1
     time.sleep(0.02)
     assert in_flight.count("a") == 0
+
+
+def test_a_default_alias_is_its_kind() -> None:
+    aliases = {"nodejs:default": "nodejs:20", "python:default": "python:3.11"}
+    throttles = Throttles(replace(SYSTEM, invocations_per_minute=100), aliases)
+    throttles.admit_invocation("a", {"allowedKinds": ["nodejs:20"]}, "nodejs:default", "x", 1)
+    throttles.admit_invocation("a", {"allowedKinds": ["python:default"]}, "python:3.11", "y", 1)
+    with pytest.raises(ApiError):
+        throttles.admit_invocation("a", {"allowedKinds": ["nodejs:20"]}, "python:default", "z", 1)

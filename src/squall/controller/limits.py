@@ -81,9 +81,17 @@ class NamespaceLimits:
             actions=_action_ranges(system, stored),
         )
 
-    def check_kind(self, kind: str) -> None:
-        """403 when the namespace may not use `kind` (OpenWhisk's allowedKinds)."""
-        if self.allowed_kinds is not None and kind not in self.allowed_kinds:
+    def check_kind(self, kind: str, aliases: Mapping[str, str] | None = None) -> None:
+        """403 when the namespace may not use `kind` (OpenWhisk's allowedKinds).
+
+        With `aliases` (`nodejs:default` -> `nodejs:20`), an alias and the kind it stands for
+        are the same kind, whichever of them is listed or used.
+        """
+        allowed = self.allowed_kinds
+        if allowed is None or kind in allowed:
+            return
+        aliases = aliases or {}
+        if aliases.get(kind, kind) not in {aliases.get(k, k) for k in allowed}:
             raise ApiError(403, kind_not_allowed(kind))
 
     def to_json(self) -> dict[str, Any]:
@@ -209,8 +217,9 @@ class InFlight:
 class Throttles:
     """Every namespace throttle of one controller; a namespace's counts touch no other's."""
 
-    def __init__(self, system: SystemLimits) -> None:
+    def __init__(self, system: SystemLimits, kind_aliases: Mapping[str, str] | None = None) -> None:
         self.system = system
+        self.kind_aliases = dict(kind_aliases or {})
         self._invocations = PerMinuteCounter()
         self._fires = PerMinuteCounter()
         self._in_flight = InFlight()
@@ -229,7 +238,7 @@ class Throttles:
         """
         limits = self.limits(stored)
         self._concurrency[namespace] = limits.concurrent_invocations
-        limits.check_kind(kind)
+        limits.check_kind(kind, self.kind_aliases)
         self._invocations.admit(namespace, limits.invocations_per_minute)
         in_flight = self._in_flight.count(namespace)
         if in_flight >= limits.concurrent_invocations:

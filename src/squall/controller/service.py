@@ -66,6 +66,7 @@ class ControllerService:
         limits: SystemLimits,
         kinds: frozenset[str],
         controller_id: str = "controller0",
+        kind_aliases: dict[str, str] | None = None,
     ) -> None:
         self.entities, self.activations = entities, activations
         self._bus, self._coordinator = bus, coordinator
@@ -73,7 +74,8 @@ class ControllerService:
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
         self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._firing: set[str] = set()  # trigger activation ids being fired right now
-        self.throttles = Throttles(limits)  # namespace limits: rates, concurrency, kinds
+        # Namespace limits: rates, concurrency, allowed kinds (`x:default` is its kind).
+        self.throttles = Throttles(limits, kind_aliases)
 
     async def start(self) -> None:
         self._subscription = self._bus.subscribe(
@@ -125,7 +127,7 @@ class ControllerService:
                 path.path, path.name, body, kinds=self.kinds, system=system, existing=previous
             )
             if namespace_limits is not None:
-                namespace_limits.check_kind(action.kind)
+                namespace_limits.check_kind(action.kind, self.throttles.kind_aliases)
         except InvalidEntity as exc:
             raise ApiError(400, str(exc)) from exc
         except EntityTooLarge as exc:
