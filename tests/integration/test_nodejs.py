@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -189,3 +190,24 @@ def test_bad_manifests_name_the_setting(manifest: str, fragment: str) -> None:
     with pytest.raises(ConfigurationError, match="RUNTIMES_MANIFEST") as raised:
         load_manifest(manifest, "RUNTIMES_MANIFEST")
     assert fragment in str(raised.value)
+
+
+async def test_node_sandboxes_are_isolated_like_python_ones(
+    node_api: httpx.AsyncClient, platform: Platform
+) -> None:
+    require(os.geteuid() == 0, "root (sandboxes get their own uid only when Squall runs as root)")
+    key_file = platform.settings.data_dir / "guest.auth"
+    code = f"""
+const fs = require('fs');
+function main() {{
+  let read = 'yes';
+  try {{ fs.readFileSync({json.dumps(str(key_file))}); }} catch (e) {{ read = e.code; }}
+  const squall = Object.keys(process.env).filter((k) => k.startsWith('SQUALL_'));
+  return {{uid: process.getuid(), read, squall, home: process.env.HOME}};
+}}
+"""
+    await create(node_api, "peek", code)
+    result = (await invoke(node_api, "peek")).json()["response"]["result"]
+    assert result["uid"] >= 200000  # its own unprivileged uid
+    assert result["read"] == "EACCES" and result["squall"] == []
+    assert "sbx-" in result["home"]
