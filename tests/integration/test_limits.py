@@ -87,6 +87,16 @@ async def until(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
     raise AssertionError(f"not true within {timeout_s} s")
 
 
+async def seen(api: httpx.AsyncClient, key: str, value: Any) -> None:
+    """Wait (bounded) until the running server applies a limit set offline: its /limits
+    answer comes from the same cached identity the throttles read."""
+
+    async def applied() -> bool:
+        return bool((await api.get(f"{NS}/limits")).json().get(key) == value)
+
+    await until(applied)
+
+
 # ------------------------------------------------------------------------------ admin
 
 
@@ -185,7 +195,7 @@ async def test_invocations_per_minute_are_counted_per_namespace(tmp_path: Path) 
             assert (await put_action(dave, "echo", ECHO)).status_code == 200
             assert (await put_action(guest, "echo", ECHO)).status_code == 200
             await admin(env, "limits", "set", "dave", "--invocations-per-minute", "3")
-            await asyncio.sleep(platform.settings.access.identity_ttl_s + 0.1)
+            await seen(dave, "invocationsPerMinute", 3)
             answers = [await dave.post(f"{NS}/actions/echo") for _ in range(5)]
             assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
             assert answers[3].json()["error"] == (
@@ -207,7 +217,7 @@ async def test_concurrent_invocations_limit_and_flood_isolation(tmp_path: Path) 
             warm = await guest.post(f"{NS}/actions/echo?blocking=true", json={})
             assert warm.status_code == 200
             await admin(env, "limits", "set", "flood", "--concurrent-invocations", "2")
-            await asyncio.sleep(platform.settings.access.identity_ttl_s + 0.1)
+            await seen(flood, "concurrentInvocations", 2)
 
             answers = [await flood.post(f"{NS}/actions/slow", json={"s": 3}) for _ in range(10)]
             assert [a.status_code for a in answers] == [202, 202] + [429] * 8
@@ -240,7 +250,7 @@ async def test_fires_per_minute_from_the_namespace_limits(tmp_path: Path) -> Non
         rule = {"trigger": "/_/t", "action": "/_/echo"}
         assert (await guest.put(f"{NS}/rules/r", json=rule)).status_code == 200
         await admin(env, "limits", "set", "guest", "--fires-per-minute", "2")
-        await asyncio.sleep(platform.settings.access.identity_ttl_s + 0.1)
+        await seen(guest, "firesPerMinute", 2)
         answers = [await guest.post(f"{NS}/triggers/t", json={}) for _ in range(3)]
         assert [a.status_code for a in answers] == [202, 202, 429]
         assert answers[2].json()["error"] == (
@@ -291,7 +301,7 @@ async def test_allowed_kinds_and_action_limit_ranges(tmp_path: Path) -> None:
         assert (await put_action(guest, "early", ECHO, kind="python:3")).status_code == 200
         await admin(env, "limits", "set", "guest", "--allowed-kinds", "python:3.11",
                     "--max-action-memory", "1024", "--min-action-memory", "256")  # fmt: skip
-        await asyncio.sleep(platform.settings.access.identity_ttl_s + 0.1)
+        await seen(guest, "allowedKinds", ["python:3.11"])
 
         refused = await put_action(guest, "other", ECHO, kind="python:3")
         assert refused.status_code == 403
