@@ -38,8 +38,13 @@ class Invocation:
         return bool(response.get("success")) and response.get("result") == {"ok": True}
 
 
-def action_body(memory_mb: int | None, code: str = TRIVIAL_CODE) -> dict[str, Any]:
-    body: dict[str, Any] = {"exec": {"kind": "python:3", "code": code}}
+TRIVIAL_NODE_CODE = "function main(params) { return {ok: true}; }\n"
+
+
+def action_body(
+    memory_mb: int | None, code: str = TRIVIAL_CODE, kind: str = "python:3"
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"exec": {"kind": kind, "code": code}}
     if memory_mb is not None:
         body["limits"] = {"memory": memory_mb}
     return body
@@ -64,9 +69,11 @@ class SquallClient:
         response = self._conn.getresponse()
         return response.status, response.read()
 
-    def put_action(self, name: str, memory_mb: int | None = None) -> None:
+    def put_action(self, name: str, memory_mb: int | None = None, kind: str = "python:3") -> None:
+        """A trivial action returning {"ok": true}, in Python or (kind nodejs:*) JavaScript."""
         path = f"{ACTIONS}/{name}?overwrite=true"
-        status, data = self._call("PUT", path, action_body(memory_mb))
+        code = TRIVIAL_NODE_CODE if kind.startswith("nodejs") else TRIVIAL_CODE
+        status, data = self._call("PUT", path, action_body(memory_mb, code, kind))
         if status != 200:
             raise ApiFailure(f"PUT {name}: HTTP {status} {data[:300]!r}")
 

@@ -182,6 +182,35 @@ def cold_section(results: dict[str, Any]) -> list[str]:
     return ["### Cold start", "", intro, "", *table(headers, rows)]
 
 
+def nodejs_section(results: dict[str, Any]) -> list[str]:
+    r = results.get("nodejs")
+    if not r:
+        return []
+    if "skipped" in r:
+        return ["### Node.js actions", "", f"Not measured: {r['skipped']}.", ""]  # fmt: skip
+    headers = ("Measure", "Invokes", "Failed", "client p50 ms", "client p90 ms",
+               "client p99 ms", "initTime p50 ms")  # fmt: skip
+    cold = r.get("cold") or {}
+    rows = [[
+        "Node.js cold start (stem cell)", cold.get("invocations"), cold.get("failed"),
+        dig(cold, ("client", "p50_ms")), dig(cold, ("client", "p90_ms")),
+        dig(cold, ("client", "p99_ms")), dig(cold, ("init_time", "p50_ms")),
+    ]]  # fmt: skip
+    for kind, label in (("nodejs:20", "Node.js warm invoke"), ("python:3", "Python warm invoke")):
+        w = dig(r, ("warm", kind)) or {}
+        rows.append([
+            label, w.get("invocations"), w.get("failed"), dig(w, ("client", "p50_ms")),
+            dig(w, ("client", "p90_ms")), dig(w, ("client", "p99_ms")), None,
+        ])  # fmt: skip
+    intro = (
+        "`function main() { return {ok: true}; }`, 256 MB (the size of the manifest's Node.js "
+        "stem cells), blocking invokes one at a time on a keep-alive connection; cold starts "
+        "are fresh actions with a pause between so a stem cell is ready; the Python row is "
+        "the same loop against a Python action on the same server."
+    )
+    return ["### Node.js actions", "", intro, "", *table(headers, rows)]
+
+
 def memory_rows(results: dict[str, Any]) -> list[list[Any]]:
     mem = results.get("memory") or {}
     warm = results.get("warm") or {}
@@ -472,7 +501,7 @@ def store_row(phase: dict[str, Any], key: str, label: str) -> list[Any]:
 def settings_section(results: dict[str, Any]) -> list[str]:
     rows = []
     for key in (
-        "warm", "cold_steady", "cold_burst", "cold_no_prewarm", "memory", "alarms",
+        "warm", "cold_steady", "cold_burst", "cold_no_prewarm", "memory", "nodejs", "alarms",
         "alarms_inactive_rules", "alarms_spread", "alarms_apscheduler",
     ):  # fmt: skip
         if key.startswith("alarms") and key not in results:
@@ -584,9 +613,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     for section in (
         targets_section, misses_section, latency_section, throughput_section, cold_section,
-        memory_section, alarms_section, stores_section, composition_section, notes_section,
-        settings_section,
-        machine_section,
+        nodejs_section, memory_section, alarms_section, stores_section, composition_section,
+        notes_section, settings_section, machine_section,
     ):  # fmt: skip
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"

@@ -4,6 +4,7 @@ alarms beside APScheduler (bench/alarms.py)."""
 from __future__ import annotations
 
 import http.client
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -35,6 +36,7 @@ SETTINGS = {
     "cold_burst": dict(ROOMY),
     "cold_no_prewarm": {**ROOMY, "SQUALL_PREWARM_COUNT": "0"},
     "memory": {**ROOMY, "SQUALL_PREWARM_COUNT": "0"},
+    "nodejs": dict(ROOMY),
 }
 
 
@@ -260,12 +262,57 @@ def phase_memory(plan: Plan) -> dict[str, Any]:
     }
 
 
+# -- Node.js: cold starts and warm invokes, beside Python on the same server ------------------
+
+NODE_MEMORY_MB = 256  # the shipped manifest's Node.js stem cells: a cold start can take one
+
+
+def phase_nodejs(plan: Plan) -> dict[str, Any]:
+    """Cold starts of fresh Node.js actions (stem cells refilled between, as cold_steady), then
+    warm blocking invokes of one Node.js and one Python action, one at a time."""
+    if shutil.which("node") is None:
+        return {"skipped": "Node.js is not installed"}
+    settings = SETTINGS["nodejs"]
+    warm_count = min(plan.latency_count, 1000)
+    with squall_server(settings) as squall:
+        client = SquallClient(squall)
+        try:
+            client.put_action("node-first", NODE_MEMORY_MB, kind="nodejs:20")
+            client.invoke("node-first")  # one-time costs of a fresh server, not counted
+            names = [f"node-{i}" for i in range(plan.cold_actions)]
+            for name in names:
+                client.put_action(name, NODE_MEMORY_MB, kind="nodejs:20")
+            time.sleep(SETTLE_S)
+            cold = invoke_each(client, names, max(plan.cold_pause_s, 0.3), plan.phase_max_s)
+            warm = {
+                kind: warm_invokes(client, kind, warm_count, plan.phase_max_s)
+                for kind in ("nodejs:20", "python:3")
+            }
+        finally:
+            client.close()
+    return {"settings": settings, "cold": summarize_cold(cold), "warm": warm}
+
+
+def warm_invokes(client: SquallClient, kind: str, count: int, max_s: float) -> dict[str, Any]:
+    name = "warm-" + kind.replace(":", "-")
+    client.put_action(name, NODE_MEMORY_MB, kind=kind)
+    client.invoke(name)  # the cold start
+    calls = invoke_each(client, [name] * count, 0.0, max_s)
+    return {
+        "invocations": len(calls),
+        "failed": sum(1 for c in calls if not c.succeeded),
+        "client": summarize_ms([c.client_ms for c in calls]),
+        "duration": summarize_ms([float(c.record.get("duration", 0)) for c in calls]),
+    }
+
+
 PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "warm": phase_warm,
     "cold_steady": lambda plan: phase_cold(plan, "cold_steady", plan.cold_pause_s),
     "cold_burst": lambda plan: phase_cold(plan, "cold_burst", 0.0),
     "cold_no_prewarm": lambda plan: phase_cold(plan, "cold_no_prewarm", plan.cold_pause_s),
     "memory": phase_memory,
+    "nodejs": phase_nodejs,
     "alarms": alarms.phase_alarms,
     "alarms_inactive_rules": alarms.phase_alarms_inactive,
     "alarms_spread": alarms.phase_alarms_spread,

@@ -33,6 +33,7 @@ GUEST_KEY = "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"
 GUEST_AUTH = f"{GUEST_UUID}:{GUEST_KEY}"
 IN_CI = os.environ.get("CI") == "true"
 TEST_FIRES_PER_MINUTE = 100_000
+TEST_CONCURRENT_INVOCATIONS = 100  # tests run 40 blocking invokes at once
 
 
 def require(condition: bool, reason: str) -> None:
@@ -51,13 +52,18 @@ def free_port() -> int:
 
 
 def make_settings(data_dir: Path, **invoker: int) -> Settings:
-    # Many tests fire triggers and alarms in one namespace within a minute: lift the quota
-    # (60 fires/minute as in OpenWhisk); test_fire_throttle checks the limit itself.
+    # Many tests fire triggers and alarms and invoke in one namespace within a minute: lift the
+    # quotas (60 a minute as in OpenWhisk); tests/integration/test_limits.py checks them.
     return Settings(
         data_dir=data_dir,
         guest_auth=GUEST_AUTH,
         invoker=replace(InvokerSettings(), prewarm_count=1, **invoker),
-        limits=replace(SystemLimits(), fires_per_minute=TEST_FIRES_PER_MINUTE),
+        limits=replace(
+            SystemLimits(),
+            fires_per_minute=TEST_FIRES_PER_MINUTE,
+            invocations_per_minute=TEST_FIRES_PER_MINUTE,
+            concurrent_invocations=TEST_CONCURRENT_INVOCATIONS,
+        ),
     )
 
 
@@ -93,6 +99,8 @@ def start_server(
         "SQUALL_GUEST_AUTH": GUEST_AUTH,
         "SQUALL_PREWARM_COUNT": "1",
         "SQUALL_LIMITS_FIRES_PER_MINUTE": str(TEST_FIRES_PER_MINUTE),
+        "SQUALL_LIMITS_INVOCATIONS_PER_MINUTE": str(TEST_FIRES_PER_MINUTE),
+        "SQUALL_LIMITS_CONCURRENT_INVOCATIONS": str(TEST_CONCURRENT_INVOCATIONS),
         **(env or {}),
     }
     command = [sys.executable, "-m", "squall.cli.main", "standalone", "--host", "127.0.0.1",

@@ -141,7 +141,8 @@ class InvokerSettings:
     """Container pool knobs (OpenWhisk's `whisk.container-pool.*`, `container-proxy.*`)."""
 
     user_memory_mb: int = setting(4096, env="SQUALL_USER_MEMORY_MB")
-    prewarm_count: int = setting(2, env="SQUALL_PREWARM_COUNT")
+    # None: each runtime's stem-cell count from the runtimes manifest; a number overrides them all.
+    prewarm_count: int | None = setting(None, env="SQUALL_PREWARM_COUNT")
     idle_container_s: float = setting(
         600.0, duration=True, aliases=("whisk.container-proxy.timeouts.idle-container",)
     )
@@ -257,6 +258,8 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    runtimes: RuntimeSettings = field(default_factory=lambda: RuntimeSettings())
+    access: AccessSettings = field(default_factory=lambda: AccessSettings())
     # Where each value came from (canonical key -> source); defaults are not listed.
     sources: Mapping[str, Source] = setting(default_factory=dict, internal=True)
 
@@ -283,6 +286,34 @@ class Settings:
 
     def source(self, key: str) -> Source:
         return self.sources.get(key, DEFAULT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtimes and namespaces (issue 4): the runtimes manifest, and how fresh the controller's view
+# of a namespace's key and limits is (`squall admin` writes them to the entity store).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class RuntimeSettings:
+    """Which action kinds exist: OpenWhisk's RUNTIMES_MANIFEST."""
+
+    # JSON text or a path to a JSON file; None is the manifest shipped in squall/runtimes.json.
+    manifest: str | None = setting(
+        None, env="SQUALL_RUNTIMES_MANIFEST", aliases=("RUNTIMES_MANIFEST",)
+    )
+
+    def variable(self, source: Source) -> str:
+        """The variable (or file key) the manifest came from, for messages about it."""
+        return source.name or "SQUALL_RUNTIMES_MANIFEST"
+
+
+@dataclass(slots=True, frozen=True)
+class AccessSettings:
+    """How long a verified key, and the namespace limits read with it, are trusted before the
+    entity store is read again: `squall admin` changes reach a running server within this."""
+
+    identity_ttl_s: float = setting(2.0, duration=True, env="SQUALL_IDENTITY_TTL")
 
 
 # -- the registry derived from the tree --------------------------------------------------------
@@ -960,7 +991,7 @@ def _check_limits(s: Settings) -> Iterator[Problem]:
         value = _value_at(s, spec.path)
         if isinstance(value, int) and value < 0:
             yield _problem(s, spec.key, f"{value} must not be negative")
-    if s.invoker.prewarm_count < 0:
+    if s.invoker.prewarm_count is not None and s.invoker.prewarm_count < 0:
         yield _problem(s, "invoker.prewarm_count", "SQUALL_PREWARM_COUNT must be 0 or more")
     if s.stores.buffer_max < 1_000:
         yield _problem(s, "stores.buffer_max", "SQUALL_ACTIVATION_BUFFER_MAX must be at least 1000")

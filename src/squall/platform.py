@@ -38,6 +38,7 @@ from squall.ops.dependencies import DependencyMonitor, etcd_monitor, kafka_monit
 from squall.ops.metrics import Sources, metrics_registry
 from squall.ops.readiness import Check, Readiness, scrub, store_fix
 from squall.ops.routes import ops_routes
+from squall.runtimes import load_manifest
 from squall.sandbox.process import ProcessSandboxFactory
 from squall.scheduler.service import SchedulerService
 from squall.stores import select
@@ -144,14 +145,17 @@ def build_platform(settings: Settings) -> Platform:
     bus = JournaledBus(MemoryBus(), journal)
     activations.journal = journal
     coordinator = LocalCoordinator()
-    sandboxes = ProcessSandboxFactory(sandbox_root())
+    source = settings.source("runtimes.manifest")
+    runtimes = load_manifest(settings.runtimes.manifest, settings.runtimes.variable(source))
+    sandboxes = ProcessSandboxFactory(sandbox_root(), runtimes=runtimes)
     limits = settings.limits
     scheduler = SchedulerService(
         bus=bus,
         coordinator=coordinator,
         activations=activations,
         settings=settings.scheduler,
-        namespace_limit=lambda _ns: limits.concurrent_invocations,
+        # A namespace's own concurrent limit once the controller has seen it (its throttles).
+        namespace_limit=lambda ns: controller.throttles.concurrent_limit(ns),
     )
     api_host = settings.api_host or f"http://{settings.host}:{settings.port}"
     invoker = InvokerService(
@@ -162,6 +166,7 @@ def build_platform(settings: Settings) -> Platform:
         settings=settings.invoker,
         limits=limits,
         api_host=api_host,
+        runtimes=runtimes,
     )
     controller = ControllerService(
         entities=entities,
@@ -170,11 +175,21 @@ def build_platform(settings: Settings) -> Platform:
         coordinator=coordinator,
         limits=limits,
         kinds=frozenset(sandboxes.kinds()),
+        kind_aliases=runtimes.aliases(),
     )
-    auth = Authenticator(entities, FailureThrottle(burst=limits.auth_failure_burst))
+    auth = Authenticator(
+        entities,
+        FailureThrottle(burst=limits.auth_failure_burst),
+        ttl_s=settings.access.identity_ttl_s,
+    )
     feeds = AlarmFeeds(controller)
     # The scheduler role owns alarm timers; in one process they fire through the controller.
-    alarms = AlarmService(entities, feeds.fire, on_delete_after_fire=feeds.delete_after_fire)
+    alarms = AlarmService(
+        entities,
+        feeds.fire,
+        on_delete_after_fire=feeds.delete_after_fire,
+        on_throttled=feeds.record_throttled,
+    )
     feeds.attach(alarms)
     monitors, warnings = dependency_monitors(settings)
     readiness = Readiness(
@@ -189,11 +204,14 @@ def build_platform(settings: Settings) -> Platform:
     sources = Sources(activations, scheduler, invoker, alarms, readiness)
     registry = metrics_registry(sources)
     routes = [*ops_routes(readiness, registry), *ui_routes(auth, sources)]
-    app = build_app(controller, auth, routes, feeds)
+    app = build_app(controller, auth, routes, feeds, runtimes=runtimes.info())
     if getattr(sandboxes, "isolation_degraded", False):
         warnings.append(
             f"sandbox isolation is reduced: {getattr(sandboxes, 'isolation_reason', '')}"
         )
+    if runtimes.missing:
+        warnings.append("runtimes not installed, their kinds are not offered: "
+                        + ", ".join(runtimes.missing))  # fmt: skip
     return Platform(
         settings,
         entities,
@@ -302,5 +320,7 @@ async def ensure_guest(settings: Settings, store: EntityStore) -> str:
     ):
         if current is not None:
             await store.delete_subject(GUEST_NAMESPACE)
-        await store.put_subject(subject_record(GUEST_NAMESPACE, auth))
+        # Limits an admin set for guest stay; only the key follows SQUALL_GUEST_AUTH.
+        limits = current.limits if current is not None else None
+        await store.put_subject(subject_record(GUEST_NAMESPACE, auth, limits))
     return auth

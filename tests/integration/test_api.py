@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import TEST_CONCURRENT_INVOCATIONS
+
 HELLO = (
     "def main(args):\n"
     "    print('hi', args.get('name'))\n"
@@ -51,7 +53,9 @@ async def test_info_and_namespaces(api: httpx.AsyncClient) -> None:
     assert info["api_version"] == "1.0.0" and info["api_version_path"] == "v1"
     assert (await api.get("/api/v1/namespaces")).json() == ["guest"]
     limits = (await api.get("/api/v1/namespaces/_/limits")).json()
-    assert limits["concurrentInvocations"] == 30 and limits["maxActionTimeout"] == 300000
+    assert limits["concurrentInvocations"] == TEST_CONCURRENT_INVOCATIONS
+    assert limits["maxActionTimeout"] == 300000
+    assert [k["kind"] for k in info["runtimes"]["python"] if k["default"]] == ["python:3.11"]
 
 
 async def test_authentication_is_required(api: httpx.AsyncClient) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from squall.config import SchedulerSettings, Settings, SystemLimits
+from squall.config import SchedulerSettings, Settings
 from squall.platform import Platform, build_platform
 from tests.conftest import GUEST_KEY, GUEST_UUID, make_settings
 
@@ -59,12 +59,11 @@ async def test_backlog_scales_out_containers(tmp_path: Path) -> None:
         assert elapsed < 8 * 0.3  # ran in parallel, not one after another
 
 
-async def test_namespace_container_limit_is_respected(tmp_path: Path) -> None:
-    def two_containers(s: Settings) -> Settings:
-        return replace(s, limits=replace(SystemLimits(), concurrent_invocations=2))
-
-    async with running(tmp_path, two_containers) as (platform, api):
-        await create(api, "slow", SLOW)
+async def test_action_instances_limit_is_respected(tmp_path: Path) -> None:
+    # The namespace's concurrent limit bounds activations in flight at the controller (see
+    # test_limits.py), so containers are bounded here by the action's own `instances`.
+    async with running(tmp_path, lambda s: s) as (platform, api):
+        await create(api, "slow", SLOW, instances=2)
         peak = 0
 
         async def watch() -> None:
@@ -87,15 +86,11 @@ async def test_namespace_container_limit_is_respected(tmp_path: Path) -> None:
 
 async def test_full_queue_throttles_then_recovers(tmp_path: Path) -> None:
     def tiny_queue(s: Settings) -> Settings:
-        return replace(
-            s,
-            scheduler=replace(SchedulerSettings(), max_retention_size=20),
-            limits=replace(SystemLimits(), concurrent_invocations=1),
-        )
+        return replace(s, scheduler=replace(SchedulerSettings(), max_retention_size=20))
 
     # 20 may wait; the flag lifts only when the queue is back to 90% (18), two runs later.
     async with running(tmp_path, tiny_queue) as (_platform, api):
-        await create(api, "slow", SLOW)
+        await create(api, "slow", SLOW, instances=1)
         ids = [
             (await api.post("/api/v1/namespaces/_/actions/slow", json={"s": 0.2})).json()
             for _ in range(25)
@@ -132,15 +127,15 @@ async def test_full_queue_throttles_then_recovers(tmp_path: Path) -> None:
 
 async def test_prewarm_pool_refills_after_a_cold_start(tmp_path: Path) -> None:
     async with running(tmp_path, lambda s: s) as (platform, api):
-        assert platform.invoker.prewarm.cells() == 1
+        assert platform.invoker.prewarm.cells("python") == 1
         await create(api, "hello", "def main(a):\n    return {}\n")
         response = await api.post("/api/v1/namespaces/_/actions/hello?blocking=true", json={})
         assert response.status_code == 200
         for _ in range(100):
-            if platform.invoker.prewarm.cells() == 1:
+            if platform.invoker.prewarm.cells("python") == 1:
                 break
             await asyncio.sleep(0.02)
-        assert platform.invoker.prewarm.cells() == 1
+        assert platform.invoker.prewarm.cells("python") == 1
 
 
 async def test_idle_containers_are_evicted(tmp_path: Path) -> None:

@@ -449,7 +449,7 @@ async def test_fires_beyond_the_minute_quota_are_429(tmp_path: Any) -> None:
             answers = [(await api.post(f"{NS}/triggers/{trigger}", json={})) for _ in range(3)]
             assert [a.status_code for a in answers] == [202, 202, 429]
             assert answers[2].json()["error"] == (
-                "Too many requests in the last minute (count: 2, allowed: 2)."
+                "Too many requests in the last minute (count: 3, allowed: 2)."
             )
             identity = await platform.controller.system_identity("guest")
             assert identity is not None

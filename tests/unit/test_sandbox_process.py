@@ -602,7 +602,9 @@ async def test_without_dedicated_uids_destroy_still_kills_descendants(work_root:
 
 def test_kinds_and_isolation_flags(work_root: Path) -> None:
     factory = ProcessSandboxFactory(work_root)
-    assert list(factory.kinds()) == ["python:3", "python:3.11", "python:default"]
+    python = ["python:3", "python:3.11", "python:default"]
+    node = ["nodejs:20", "nodejs:default"] if shutil.which("node") else []
+    assert list(factory.kinds()) == sorted(python + node)
     assert factory.isolation_degraded is (not IS_ROOT)
     assert (factory.isolation_reason is None) is IS_ROOT
 

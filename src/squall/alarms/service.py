@@ -166,6 +166,10 @@ class FireCallback(Protocol):
 # on_delete_after_fire(alarm, "true" | "rules"): a once-alarm fired; delete its trigger (and,
 # for "rules", the trigger's rules). The service deletes the alarm itself afterwards.
 DeleteAfterFireCallback = Callable[[Alarm, DeleteAfterFire], Awaitable[None]]
+# on_throttled(alarm, tick, activation_id, message): every attempt of a tick was refused by
+# the namespace's fires-per-minute limit; the callback records the tick as throttled (under its
+# activation id) so it is not lost silently.
+ThrottledCallback = Callable[[Alarm, datetime, str, str], Awaitable[None]]
 Clock = Callable[[], datetime]
 
 
@@ -336,6 +340,7 @@ class AlarmService:
         clock: Clock | None = None,
         max_concurrent_fires: int = 256,
         on_delete_after_fire: DeleteAfterFireCallback | None = None,
+        on_throttled: ThrottledCallback | None = None,
         retry: RetryPolicy | None = None,
         misfire_grace_s: float = 1.0,
         max_cron_fields: int = 6,
@@ -352,6 +357,7 @@ class AlarmService:
         self._fire = fire
         self._clock = clock or _utc_now
         self._on_delete_after_fire = on_delete_after_fire
+        self._on_throttled = on_throttled
         self._retry = retry or RetryPolicy()
         self._grace_s = misfire_grace_s
         self._max_cron_fields = max_cron_fields
@@ -902,6 +908,8 @@ class AlarmService:
         maybe_fired = entry.unsure or catchup
         entry.unsure = False
         result, fired_at, attempts = await self._deliver(alarm, tick, activation_id, maybe_fired)
+        if result.outcome is FireOutcome.THROTTLED:
+            await self._record_throttled(alarm, tick, activation_id, result.message)
         # Let the other ticks due at this instant make their fire calls before this one does
         # its bookkeeping: it keeps their lag down.
         await asyncio.sleep(0)
@@ -934,6 +942,17 @@ class AlarmService:
             return
         if delete_mode is not None:
             await self._delete_after_fire(entry.alarm, delete_mode)
+
+    async def _record_throttled(
+        self, alarm: Alarm, tick: datetime, activation_id: str, message: str
+    ) -> None:
+        if self._on_throttled is None:
+            return
+        try:
+            await self._on_throttled(alarm, tick, activation_id, message)
+        except Exception:
+            log.exception("alarm %s: tick %s was throttled and could not be recorded",
+                          alarm.id, tick.isoformat())  # fmt: skip
 
     def _rearm_after_error(self, entry: _Entry) -> None:
         """After a bug in the bookkeeping: keep the alarm going from its next tick after now."""

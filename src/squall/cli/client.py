@@ -247,6 +247,10 @@ class WhiskClient:
             raise WhiskError(200, "the API answered namespaces that are not a list of names")
         return body
 
+    def namespace_limits(self) -> JSON:
+        """`GET /namespaces/_/limits`: the caller's namespace limits."""
+        return _json_dict(self._call("GET", "/namespaces/_/limits"))
+
     # ------------------------------------------------------------------------- activations
 
     def list_activations(

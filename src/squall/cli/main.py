@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from squall.cli import admin as _admin_commands  # noqa: F401  (registers `squall admin`)
+from squall.cli import namespace as _namespace_commands  # noqa: F401  (`squall namespace`)
 from squall.cli import ops as _ops_commands  # noqa: F401  (registers `config`, `doctor`)
 from squall.cli import store as _store_commands  # noqa: F401  (registers `squall store`)
 from squall.cli.commands import cli

@@ -164,25 +164,8 @@ class Api:
 
     async def namespace_limits(self, request: Request, identity: Identity, tid: str) -> Response:
         self.namespace(request, identity)
-        system = self.limits
-        limits: dict[str, Any] = {
-            "invocationsPerMinute": system.invocations_per_minute,
-            "concurrentInvocations": system.concurrent_invocations,
-            "firesPerMinute": system.fires_per_minute,
-            "maxActionMemory": system.memory_mb.maximum * 1024 * 1024,
-            "minActionMemory": system.memory_mb.minimum * 1024 * 1024,
-            "maxActionTimeout": system.timeout_ms.maximum,
-            "minActionTimeout": system.timeout_ms.minimum,
-            "maxActionLogs": system.logs_mb.maximum * 1024 * 1024,
-            "minActionLogs": system.logs_mb.minimum * 1024 * 1024,
-            "maxActionConcurrency": system.concurrency.maximum,
-            "minActionConcurrency": system.concurrency.minimum,
-            "maxParameterSize": system.parameters_bytes,
-            "maxActionInstances": system.concurrent_invocations,
-            "storeActivations": True,
-        }
-        limits.update(identity.limits)
-        return json_response(limits, transaction_id=tid)
+        limits = self.service.throttles.limits(identity.limits)
+        return json_response(limits.to_json(), transaction_id=tid)
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -213,7 +196,8 @@ class Api:
             request, self.limits.code_bytes + 2 * self.limits.parameters_bytes, "action"
         )
         body = parse_json_object(raw, empty_ok=False)
-        action = await self.service.put_action(path, body, overwrite)
+        limits = self.service.throttles.limits(identity.limits)
+        action = await self.service.put_action(path, body, overwrite, namespace_limits=limits)
         return json_response(action.to_json(), transaction_id=tid)
 
     async def delete_action(self, request: Request, identity: Identity, tid: str) -> Response:
@@ -437,17 +421,22 @@ class Api:
         return json_response({"logs": record.get("logs", [])}, transaction_id=tid)
 
 
-async def api_info(request: Request) -> Response:
-    return json_response(
-        {
-            "description": "Squall: an OpenWhisk-compatible serverless platform",
-            "api_version": "1.0.0",
-            "api_version_path": "v1",
-            "build": __version__,
-            "buildno": __version__,
-            "swagger_paths": {"ui": "/docs", "api-docs": "/api-docs"},
-        }
-    )
+def api_info(runtimes: dict[str, Any]) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /api/v1`; `runtimes` lists the kinds that can run here, as OpenWhisk's does."""
+    info = {
+        "description": "Squall: an OpenWhisk-compatible serverless platform",
+        "api_version": "1.0.0",
+        "api_version_path": "v1",
+        "build": __version__,
+        "buildno": __version__,
+        "swagger_paths": {"ui": "/docs", "api-docs": "/api-docs"},
+        "runtimes": runtimes,
+    }
+
+    async def answer(request: Request) -> Response:
+        return json_response(info)
+
+    return answer
 
 
 async def api_docs(request: Request) -> Response:
@@ -576,14 +565,15 @@ def build_app(
     auth: Authenticator,
     extra_routes: list[BaseRoute] | None = None,
     feeds: AlarmFeeds | None = None,
+    runtimes: dict[str, Any] | None = None,
 ) -> ASGIApp:
-    """The ASGI application serving `/api/v1`."""
+    """The ASGI application serving `/api/v1`; `runtimes` is the manifest's `info()`."""
     api = Api(service, auth, feeds)
     ep = api.endpoint
     base = "/api/v1/namespaces/{ns}"
     routes: list[BaseRoute] = [
         Route("/ping", ping, methods=["GET"]),
-        Route("/api/v1", api_info, methods=["GET"]),
+        Route("/api/v1", api_info(runtimes or {}), methods=["GET"]),
         Route("/api/v1/api-docs", api_docs, methods=["GET"]),
         Route("/api/v1/namespaces", ep(api.namespaces), methods=["GET"]),
         Route(base + "/limits", ep(api.namespace_limits), methods=["GET"]),

@@ -1,8 +1,11 @@
 """API keys: generation, hashing at rest, and the authenticator on every request.
 
 Keys are stored only as PBKDF2 hashes. Checking a hash costs milliseconds on purpose, so a
-verified Authorization header is remembered (by its SHA-256) for a short while: the warm
-invoke path pays a dict lookup, not a key derivation.
+verified Authorization header is remembered for a short while (`ttl_s`, SQUALL_IDENTITY_TTL,
+2 s): the warm invoke path pays a dict lookup, not a key derivation. When that time is up the
+namespace's record is read again (one store read, no key derivation while its key hash is
+unchanged), so a deleted namespace, a rotated key or new limits from `squall admin` take
+effect on a running server within `ttl_s`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from squall.abc import EntityStore, SubjectRecord
 
 _ITERATIONS = 20_000
-_CACHE_TTL_S = 60.0
+_CACHE_TTL_S = 2.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,9 +129,17 @@ class FailureThrottle:
 class Authenticator:
     """Turns an Authorization header into an Identity, or None."""
 
-    def __init__(self, store: EntityStore, throttle: FailureThrottle | None = None) -> None:
+    def __init__(
+        self,
+        store: EntityStore,
+        throttle: FailureThrottle | None = None,
+        *,
+        ttl_s: float = _CACHE_TTL_S,
+    ) -> None:
         self._store = store
-        self._cache: dict[str, tuple[float, Identity]] = {}
+        self._ttl_s = ttl_s
+        # header -> (fresh until, identity, the key hash it was verified against)
+        self._cache: dict[str, tuple[float, Identity, str]] = {}
         self._throttle = throttle or FailureThrottle()
         # Digests of headers that verified once: their owner is let through a throttled address.
         self._known_good: set[bytes] = set()
@@ -145,8 +156,9 @@ class Authenticator:
         digest = hashlib.sha256(header.encode()).digest()
         if client is not None and digest not in self._known_good:
             self._throttle.check(client, now)
-        identity = await self._verify(header)
-        if identity is None:
+        verified = await self._verify(header, cached)
+        if verified is None:
+            self._cache.pop(header, None)
             if client is not None:
                 self._throttle.failed(client, now)
             return None
@@ -154,21 +166,29 @@ class Authenticator:
             self._cache.clear()
         if len(self._known_good) > 100_000:
             self._known_good.clear()
-        self._cache[header] = (now + _CACHE_TTL_S, identity)
+        self._cache[header] = (now + self._ttl_s, *verified)
         self._known_good.add(digest)
-        return identity
+        return verified[0]
 
-    async def _verify(self, header: str) -> Identity | None:
+    async def _verify(
+        self, header: str, cached: tuple[float, Identity, str] | None
+    ) -> tuple[Identity, str] | None:
         credentials = parse_basic(header)
         if credentials is None:
             return None
         uid, key = credentials
         record = await self._store.get_subject(uid)
-        if record is None or not verify_key(key, record.key_hash):
+        if record is None:
             return None
-        return Identity(
+        # The same hash as when this header was verified: the key is still right.
+        if (cached is None or cached[2] != record.key_hash) and not verify_key(
+            key, record.key_hash
+        ):
+            return None
+        identity = Identity(
             record.namespace, record.subject, record.uuid, f"{uid}:{key}", dict(record.limits)
         )
+        return identity, record.key_hash
 
     def forget(self) -> None:
         """Drop every remembered header (after keys change)."""

@@ -180,6 +180,18 @@ class AlarmFeeds:
             return _classify(exc)
         return FireResult.fired() if fired is not None else FireResult.no_active_rules()
 
+    async def record_throttled(
+        self, alarm: Alarm, tick: datetime, activation_id: str, message: str
+    ) -> None:
+        """The AlarmService gave up on a throttled tick: record it as a throttled activation."""
+        identity = await self._identity(alarm.namespace)
+        if identity is None:
+            return
+        path = EntityPath(alarm.namespace, None, alarm.trigger)
+        await self._controller.record_throttled_fire(
+            identity, path, dict(alarm.payload), activation_id, message
+        )
+
     async def _identity(self, namespace: str) -> Identity | None:
         now = time.monotonic()
         cached = self._identities.get(namespace)

@@ -24,9 +24,9 @@ from squall.controller.errors import (
     too_large,
 )
 from squall.controller.http import new_transaction_id
+from squall.controller.limits import NamespaceLimits, Throttles
 from squall.controller.packages import Packages, ResolvedAction
 from squall.controller.sequences import SequenceRun, Sequences
-from squall.controller.throttle import PerMinuteLimit
 from squall.entities.action import Action, EntityTooLarge, InvalidEntity, build_action
 from squall.entities.activation import (
     APPLICATION_ERROR,
@@ -72,6 +72,7 @@ class ControllerService:
         limits: SystemLimits,
         kinds: frozenset[str],
         controller_id: str = "controller0",
+        kind_aliases: dict[str, str] | None = None,
     ) -> None:
         self.entities, self.activations = entities, activations
         self._bus, self._coordinator = bus, coordinator
@@ -79,7 +80,8 @@ class ControllerService:
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
         self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._firing: set[str] = set()  # trigger activation ids being fired right now
-        self._fires = PerMinuteLimit()
+        # Namespace limits: rates, concurrency, allowed kinds (`x:default` is its kind).
+        self.throttles = Throttles(limits, kind_aliases)
         self.packages = Packages(entities, limits, self.get_action)
         self.sequences = Sequences(self)
 
@@ -94,6 +96,7 @@ class ControllerService:
 
     def _completed(self, message: object) -> None:
         if isinstance(message, Completion):
+            self.throttles.completed(message.activation_id)
             waiter = self._waiters.pop(message.activation_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(message.record)
@@ -113,7 +116,16 @@ class ControllerService:
         self._actions[cache_key] = entry
         return entry
 
-    async def put_action(self, path: EntityPath, body: Any, overwrite: bool) -> Action:
+    async def put_action(
+        self,
+        path: EntityPath,
+        body: Any,
+        overwrite: bool,
+        *,
+        namespace_limits: NamespaceLimits | None = None,
+    ) -> Action:
+        """Create or update; `namespace_limits` narrows kinds and limit ranges (403 / 400)."""
+        system = namespace_limits.actions if namespace_limits else self.limits
         await self.packages.require_container(path)
         existing = await self.entities.get(ACTIONS, path.path, path.name)
         if existing is not None and not overwrite:
@@ -121,8 +133,10 @@ class ControllerService:
         previous = Action.from_json(existing.doc) if existing else None
         try:
             action = build_action(
-                path.path, path.name, body, kinds=self.kinds, system=self.limits, existing=previous
+                path.path, path.name, body, kinds=self.kinds, system=system, existing=previous
             )
+            if namespace_limits is not None and not action.is_sequence:
+                namespace_limits.check_kind(action.kind, self.throttles.kind_aliases)
         except InvalidEntity as exc:
             raise ApiError(400, str(exc)) from exc
         except EntityTooLarge as exc:
@@ -283,9 +297,7 @@ class ControllerService:
         trigger = await self.get_trigger(path)
         if not trigger.has_active_rule():
             return None
-        custom = identity.limits.get("firesPerMinute")
-        allowed = custom if isinstance(custom, int) else self.limits.fires_per_minute
-        self._fires.check(identity.namespace, allowed)
+        self.throttles.admit_fire(identity.namespace, identity.limits)
         start = int(time.time() * 1000)
         args = {**trigger.parameter_values(), **payload}
         results: list[dict[str, Any]] = []
@@ -318,6 +330,40 @@ class ControllerService:
         for message in messages:
             await self._launch(message)
         return trigger_id
+
+    async def record_throttled_fire(
+        self,
+        identity: Identity,
+        path: EntityPath,
+        payload: dict[str, Any],
+        activation_id: str,
+        message: str,
+    ) -> None:
+        """A fire refused by the fires-per-minute limit, kept as a trigger activation.
+
+        For alarm ticks whose every attempt was throttled: the record (annotation
+        `throttled: true`, the 429 message as its error) takes the tick's activation id, so a
+        replay of the tick finds it and does not fire late. No action is invoked.
+        """
+        trigger = await self.get_trigger(path)
+        now = int(time.time() * 1000)
+        self.activations.store(
+            build_record(
+                namespace=identity.namespace,
+                name=trigger.name,
+                version=trigger.version,
+                subject=identity.subject,
+                activation_id=activation_id,
+                start=now,
+                end=now,
+                response=ActivationResponse(
+                    APPLICATION_ERROR, {"error": message, "payload": payload}
+                ),
+                logs=[],
+                annotations=[{"key": "throttled", "value": True}],
+            )
+        )
+        await self.activations.flush()
 
     async def _prepare_rule(
         self,
@@ -551,8 +597,13 @@ class ControllerService:
             extra.append({"key": "causedBy", "value": "sequence"})
         if resolved.binding:
             extra.append({"key": "binding", "value": resolved.binding})
+        # Every atomic run counts, a sequence's components too: each is an activation in flight.
+        activation_id = new_activation_id()
+        self.throttles.admit_invocation(
+            identity.namespace, identity.limits, action.kind, activation_id, action.limits.timeout
+        )
         return ActivationMessage(
-            activation_id=new_activation_id(),
+            activation_id=activation_id,
             transaction_id=transaction_id,
             invocation_namespace=identity.namespace,
             subject=identity.subject,

@@ -237,8 +237,8 @@ def _parse_exec(
         raise InvalidEntity("The 'exec' field must name a 'kind'.")
     if kind == SEQUENCE:
         return SEQUENCE, "", "main", False
-    if kind == "python":
-        kind = "python:default"
+    if kind not in kinds and f"{kind}:default" in kinds:
+        kind = f"{kind}:default"  # `python`, `nodejs`: the family's default kind
     if kind not in kinds:
         raise InvalidEntity(f"kind '{kind}' not in Set({', '.join(sorted(kinds))})")
     code = body.get("code")

@@ -77,11 +77,58 @@ class PrewarmPool:
             await cell.destroy()
 
 
+class PrewarmPools:
+    """One PrewarmPool per stem-cell entry of the runtimes manifest, seen as one pool."""
+
+    def __init__(self, pools: list[PrewarmPool]) -> None:
+        self.pools = pools
+
+    @property
+    def count(self) -> int:
+        """Stem cells the pools keep, in all."""
+        return sum(pool.count for pool in self.pools)
+
+    async def start(self) -> None:
+        for pool in self.pools:
+            await pool.start()
+
+    def take(self, spec: SandboxSpec) -> Sandbox | None:
+        for pool in self.pools:
+            cell = pool.take(spec)
+            if cell is not None:
+                return cell
+        return None
+
+    def replenish(self) -> None:
+        for pool in self.pools:
+            pool.replenish()
+
+    def memory_mb(self) -> int:
+        return sum(pool.memory_mb() for pool in self.pools)
+
+    def cells(self, runtime: str | None = None) -> int:
+        """Stem cells ready now, of one runtime (`python`, `nodejs`) or of all."""
+        return sum(
+            pool.cells()
+            for pool in self.pools
+            if runtime is None or runtime_of(pool.spec.kind) == runtime
+        )
+
+    async def close(self) -> None:
+        for pool in self.pools:
+            await pool.close()
+
+
 def runtime_of(kind: str) -> str:
     """`python:3.11` and `python:default` share one runtime: `python`."""
     return kind.split(":", 1)[0]
 
 
 def _fits(cell: SandboxSpec, wanted: SandboxSpec) -> bool:
-    # A cell narrows its memory and log limits at init, so a bigger cell serves any action.
-    return runtime_of(cell.kind) == runtime_of(wanted.kind) and cell.memory_mb >= wanted.memory_mb
+    if runtime_of(cell.kind) != runtime_of(wanted.kind):
+        return False
+    if runtime_of(cell.kind) == "python":
+        # A Python cell narrows its memory and log limits at init: a bigger one serves any action.
+        return cell.memory_mb >= wanted.memory_mb
+    # A Node.js heap limit is fixed when the process starts.
+    return cell.memory_mb == wanted.memory_mb

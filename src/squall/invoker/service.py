@@ -20,10 +20,11 @@ from squall.abc import (
 from squall.config import InvokerSettings, SystemLimits
 from squall.errors import QueueGone, StoreError
 from squall.invoker.execute import execute
-from squall.invoker.prewarm import PrewarmPool
+from squall.invoker.prewarm import PrewarmPool, PrewarmPools
 from squall.logs import TRANSACTION
 from squall.messages import INVOKER_TOPIC, Completion, ContainerCreation, completed_topic
 from squall.ops.counters import ActivationCounts
+from squall.runtimes import Manifest
 
 log = logging.getLogger("squall.invoker")
 
@@ -55,17 +56,14 @@ class InvokerService:
         limits: SystemLimits,
         api_host: str,
         invoker_id: str = "invoker0",
+        runtimes: Manifest | None = None,
     ) -> None:
         self._bus, self._factory, self._endpoint = bus, factory, endpoint
         self._activations, self._settings, self._limits = activations, settings, limits
         self._api_host, self.invoker_id = api_host, invoker_id
         self._containers: dict[str, _Container] = {}
         self._ids = itertools.count(1)
-        # Stem cells get the largest memory limit and narrow it at init (see PrewarmPool).
-        default_spec = SandboxSpec(
-            "python:default", limits.memory_mb.maximum, limits.logs_mb.default * MB
-        )
-        self.prewarm = PrewarmPool(factory, default_spec, settings.prewarm_count)
+        self.prewarm = PrewarmPools(stem_cell_pools(factory, runtimes, settings, limits))
         self.counts = ActivationCounts()  # read by the metrics collector at scrape time
 
     async def start(self) -> None:
@@ -198,3 +196,28 @@ class InvokerService:
                 self.prewarm.replenish()  # the cold start is answered: fork its replacement
             if executed.discard:
                 return
+
+
+def stem_cell_pools(
+    factory: SandboxFactory,
+    runtimes: Manifest | None,
+    settings: InvokerSettings,
+    limits: SystemLimits,
+) -> list[PrewarmPool]:
+    """A pool per stem-cell entry of the manifest's available kinds.
+
+    Without a manifest (an invoker built by hand), Python cells as before. A cell without its
+    own memory gets the largest action memory (Python cells narrow it at init).
+    """
+    logs = limits.logs_mb.default * MB
+    if runtimes is None:
+        spec = SandboxSpec("python:default", limits.memory_mb.maximum, logs)
+        count = 2 if settings.prewarm_count is None else settings.prewarm_count
+        return [PrewarmPool(factory, spec, count)]
+    pools = []
+    for kind in runtimes.kinds.values():
+        for cell in kind.stem_cells:
+            count = cell.count if settings.prewarm_count is None else settings.prewarm_count
+            memory = cell.memory_mb or limits.memory_mb.maximum
+            pools.append(PrewarmPool(factory, SandboxSpec(kind.kind, memory, logs), count))
+    return pools

@@ -1,10 +1,11 @@
-"""Process sandboxes for Python actions.
+"""Process sandboxes for Python and Node.js actions.
 
 A zygote process (zygote.py, stdlib only) holds a warm interpreter and forks one child per
 sandbox. Each child gets its own session, resource limits and, when the platform runs as root,
 its own unprivileged uid; it then runs launcher.py's loop. The platform talks to a sandbox over
 a Unix stream socket (one JSON line per request and reply) and reads its stdout and stderr
-pipes all the time, so an action's output can never block it.
+pipes all the time, so an action's output can never block it. A Node.js sandbox is the same
+child, prepared the same way, that then execs `node` with runner.js (the same line protocol).
 
 Everything here runs on the event loop with no threads on the hot path: a run is one write,
 one future and one timer.
@@ -39,13 +40,14 @@ from squall.abc import (
     SandboxSpec,
 )
 from squall.errors import SandboxError
+from squall.runtimes import Manifest, RuntimeKind, load_manifest
 from squall.sandbox.logs import LogBuffer, LogStream
 from squall.sandbox.supervisor import DEFAULT_PATH, KILL_WAIT_S, ChildExit, Forked, Zygote
 from squall.sandbox.uids import UidPool, sweep_uid
 
 log = logging.getLogger(__name__)
 
-KINDS = ("python:3", "python:3.11", "python:default")
+RUNNER_JS = Path(__file__).with_name("runner.js")
 RESULT_PREFIX = b'{"result":'
 
 SENTINEL_GRACE_S = 0.05  # how long logs may trail the reply before the call ends without them
@@ -293,6 +295,9 @@ class ProcessSandbox(Sandbox):
         if not self._exit.done():
             return "crashed: the control channel closed"
         exit_ = self._exit.result()
+        # V8 aborts (SIGABRT) when the heap limit (--max-old-space-size) is reached.
+        if exit_.signal == signal.SIGABRT and self.spec.kind.startswith("nodejs:"):
+            return "memory"
         # The kernel's OOM killer is the usual sender of a SIGKILL nobody here sent.
         if (
             exit_.signal == signal.SIGKILL
@@ -417,8 +422,16 @@ class ProcessSandboxFactory(SandboxFactory):
     fallback when sandbox users could not reach it).
     """
 
-    def __init__(self, work_root: Path, *, run_as_root_uid_base: int = 200000) -> None:
+    def __init__(
+        self,
+        work_root: Path,
+        *,
+        runtimes: Manifest | None = None,
+        run_as_root_uid_base: int = 200000,
+    ) -> None:
         self.work_root = Path(work_root)
+        self.runtimes = runtimes if runtimes is not None else load_manifest()
+        self._runner_js: str | None = None
         self.uid_base = run_as_root_uid_base
         self.isolated = os.geteuid() == 0
         self.isolation_degraded = not self.isolated
@@ -439,7 +452,7 @@ class ProcessSandboxFactory(SandboxFactory):
         self._prepared = False
 
     def kinds(self) -> Sequence[str]:
-        return list(KINDS)
+        return sorted(self.runtimes.names())
 
     async def start(self) -> None:
         self._prepare_work_root()
@@ -457,7 +470,8 @@ class ProcessSandboxFactory(SandboxFactory):
     async def create(self, spec: SandboxSpec) -> Sandbox:
         if self._closed:
             raise SandboxError("the sandbox factory is closed")
-        if spec.kind not in KINDS:
+        runtime = self.runtimes.resolve(spec.kind)
+        if runtime is None:
             raise SandboxError(f"kind {spec.kind!r} is not supported by process sandboxes")
         if not self._prepared:
             self._prepare_work_root()  # create() without start()
@@ -468,7 +482,9 @@ class ProcessSandboxFactory(SandboxFactory):
         work_dir = self.work_root / sandbox_id
         try:
             _make_work_dir(work_dir, uid)
-            forked, control, out_fd, err_fd = await self._fork(zygote, spec, uid, work_dir)
+            forked, control, out_fd, err_fd = await self._fork(
+                zygote, spec, uid, work_dir, runtime
+            )
         except BaseException:
             shutil.rmtree(work_dir, ignore_errors=True)
             if slot is not None:
@@ -506,11 +522,12 @@ class ProcessSandboxFactory(SandboxFactory):
         spec: SandboxSpec,
         uid: int | None,
         work_dir: Path,
+        runtime: RuntimeKind,
     ) -> tuple[Forked, socket.socket, int, int]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        request = {
+        request: dict[str, Any] = {
             "op": "fork",
             "workdir": str(work_dir),
             "uid": uid,
@@ -523,6 +540,11 @@ class ProcessSandboxFactory(SandboxFactory):
                 "HOME": str(work_dir),
             },
         }
+        if runtime.family == "nodejs":
+            # V8 reserves far more address space than it uses, so RLIMIT_AS would stop it from
+            # starting: the heap limit is V8's own (an abort that the sandbox reports as memory).
+            request["memory_mb"] = 0
+            request["exec"] = self._node_argv(runtime, spec.memory_mb)
         try:
             try:
                 forked = await zygote.fork(request, [theirs.fileno(), out_w, err_w])
@@ -537,6 +559,17 @@ class ProcessSandboxFactory(SandboxFactory):
             os.close(err_r)
             raise
         return forked, ours, out_r, err_r
+
+    def _node_argv(self, runtime: RuntimeKind, memory_mb: int) -> list[str]:
+        if self._runner_js is None:
+            # Passed as source, so no sandbox uid needs to reach the installed package's files.
+            self._runner_js = RUNNER_JS.read_text()
+        return [
+            str(runtime.executable),
+            f"--max-old-space-size={memory_mb}",
+            "-e",
+            self._runner_js,
+        ]
 
     @property
     def zygote_alive(self) -> bool | None:

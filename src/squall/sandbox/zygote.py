@@ -8,8 +8,10 @@ that every forked child shares them copy-on-write and starts without import cost
 Protocol on the SOCK_SEQPACKET socket `<fd>`, one JSON object per packet:
 
 - platform -> zygote
-  `{"op": "fork", "id", "workdir", "uid", "memory_mb", "nproc", "nofile", "env"}` with three
-  file descriptors (child's control socket, stdout pipe write end, stderr pipe write end);
+  `{"op": "fork", "id", "workdir", "uid", "memory_mb", "nproc", "nofile", "env", "exec"?}` with
+  three file descriptors (child's control socket, stdout pipe write end, stderr pipe write end);
+  with `exec` (an argv), the prepared child execs that program (another language's runner,
+  which finds its control socket on fd 3) instead of running launcher.py;
   `{"op": "kill", "pid"}`: kill the sandbox's process group and every process of its uid.
 - zygote -> platform
   `{"ready": pid}`, `{"forked": pid, "id"}` or `{"error": msg, "id"}`,
@@ -302,6 +304,8 @@ class Zygote:
         try:
             self.forget_zygote_state()
             Child(request, fds, self.kept_fds, self.prctl, self.pid).prepare()
+            if request.get("exec"):
+                exec_runner([str(arg) for arg in request["exec"]], self.kept_fds)
             self.launcher.serve(CONTROL_FD)
             code = 0
         except SystemExit as exc:
@@ -405,6 +409,17 @@ class Child:
             os.closerange(start, fd)
             start = fd + 1
         os.closerange(start, max_fd())
+
+
+def exec_runner(argv: list[str], kept_fds: list[int]) -> None:
+    """Replace the prepared child by another runtime's runner (never returns).
+
+    Identity, limits, session, no-new-privs and the parent-death signal survive exec; the
+    stdlib directories kept open for Python are closed, the control socket is passed on.
+    """
+    close_fds(kept_fds)
+    os.set_inheritable(CONTROL_FD, True)
+    os.execve(argv[0], argv, dict(os.environ))
 
 
 def relocate_hidden_paths() -> list[int]:
