@@ -6,7 +6,6 @@ import asyncio
 import os
 import sqlite3
 import stat
-import time
 import uuid
 from pathlib import Path
 from typing import Any, TypeVar
@@ -265,18 +264,14 @@ async def test_background_flush_when_a_batch_is_full(backend: Backend) -> None:
         await writer.close()
 
 
-async def test_five_thousand_records_store_and_flush_quickly(
+async def test_five_thousand_records_are_all_written_by_one_flush(
     activation_store: ActivationStore,
 ) -> None:
+    # How fast is the stores benchmark's business (bench/, BENCHMARKS.md), not a timed test's.
     recs = [record(start=T0 + i) for i in range(5_000)]
-    began = time.perf_counter()
     for rec in recs:
         activation_store.store(rec)
-    accepted = time.perf_counter()
     await activation_store.flush()
-    flushed = time.perf_counter()
-    assert accepted - began < 0.5  # store() is a dict insert: milliseconds in practice
-    assert flushed - began < 5.0  # well under a second on a laptop; CI machines vary
     assert await activation_store.count(ActivationQuery("guest")) == 5_000
 
 
