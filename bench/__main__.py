@@ -203,6 +203,7 @@ def merge_into(path: Path, fresh: dict[str, Any], phases: list[str]) -> dict[str
             dates[name] = stored_date
     merged["plan"] = fresh["plan"]
     merged["machine"] = fresh["machine"]
+    merged["load_average_at_end"] = fresh.get("load_average_at_end")
     merged.setdefault("schema", fresh["schema"])
     merged.setdefault("cpu_busy_pct_at_start", fresh.get("cpu_busy_pct_at_start"))
     merged["checks"] = targets.evaluate(merged)

@@ -27,35 +27,10 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 HEADER = """# Benchmarks
 
-Hand-written above the results markers; everything between them is regenerated from
-`bench/results/latest.json` by `python -m bench.report` (which `python -m bench` runs).
-
-## How to run
-
-```sh
-make bench         # .venv/bin/python -m bench: full run (~15 min, most of it the three alarm
-                   # phases, after waiting up to 2 min for an idle machine), writes
-                   # bench/results/latest.json and regenerates the results section of this file
-make bench-smoke   # .venv/bin/python -m bench --smoke: < 1 min, proves the harness works,
-                   # asserts no timings, writes to a temp dir (or --out PATH)
-.venv/bin/python -m bench --only alarms --only alarms_inactive_rules \
-    --only alarms_apscheduler --merge   # re-run some phases, keep the others' figures
-.venv/bin/python -m bench.report   # re-render this file from bench/results/latest.json
-```
-
-The APScheduler comparison needs `apscheduler>=3.10,<4` (in the `bench` and `dev` extras).
-
-Throughput uses `wrk` when it is on PATH (`apt-get install -y wrk`), with `bench/wrk_post.lua`
-for the POST body and Authorization header; without it, two `bench.loadgen` processes.
-Every server binds 127.0.0.1 on a free port with a temporary data dir and is stopped at the end,
-also on Ctrl-C.
-
-## Machine
-
-The reference machine is the project's standard 2-core, 24 GiB Linux box (the same for
-developers and CI). The load generator shares those two cores with the server under test, for
-Squall and the baseline alike; compare ratios rather than absolute numbers across machines.
-The exact machine of the last run is listed in the generated section below.
+Hand-written above the results markers (how to run, the machine, how to read the figures,
+published figures of other platforms with their sources); everything between them is
+regenerated from `bench/results/latest.json` by `python -m bench.report` (which `python -m
+bench` runs).
 
 """
 
@@ -466,7 +441,10 @@ def stores_section(results: dict[str, Any]) -> list[str]:
                "Duration stats p50 ms", "÷ SQLite", "Seed s")  # fmt: skip
     measured = phase.get("writes") or {}
     rows = [store_row(phase, key, label) for key, label in STORE_NAMES if key in measured]
-    return ["### Activation stores", "", intro, "", *table(headers, rows)]
+    notes = [f"- {key}: not measured in this run ({why})" for key, why in
+             {**(phase.get("skipped") or {}), **(phase.get("failed") or {})}.items()]
+    return ["### Activation stores", "", intro, "", *table(headers, rows),
+            *([*notes, ""] if notes else [])]  # fmt: skip
 
 
 def store_row(phase: dict[str, Any], key: str, label: str) -> list[Any]:
@@ -656,7 +634,7 @@ def reference_section(reference: dict[str, Any] | None) -> list[str]:
     """Every table of the reference run, folded, its headings one level down."""
     if reference is None:
         return []
-    body = render(reference, heading=False).replace("\n### ", "\n#### ")
+    body = ("\n" + render(reference, heading=False)).replace("\n### ", "\n#### ")
     date = (reference.get("machine") or {}).get("date")
     return [
         "### Reference run (quiet machine)",

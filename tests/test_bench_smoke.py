@@ -69,6 +69,7 @@ def check_report(out: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(450)  # the whole harness in small: ~2 min here, more on a busy machine
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
     completed = run_smoke(out)
