@@ -1,9 +1,12 @@
-"""`python -m bench`: the full benchmark; `python -m bench --smoke`: a short run that only
-proves the harness works (no timing is asserted).
+"""`python -m bench [--smoke] [PHASE ...]`: every benchmark, or the named phases (or groups
+of phases), Squall beside its peers in the same run; `--smoke`: a short run that only proves
+the harness works (no timing is asserted).
 
-The full run writes bench/results/latest.json and regenerates BENCHMARKS.md; the smoke run
-writes to a temporary file unless --out is given. Exit code 1 when a phase failed or (smoke)
-produced no usable numbers; a figure missing its target is reported, not an error.
+The full run writes bench/results/latest.json and regenerates BENCHMARKS.md with its plots;
+the smoke run writes its results, a report and the plots to a temporary dir unless --out is
+given (the report and plots then go beside it). A run of some phases writes to a temporary
+file unless --merge folds them into the stored results. Exit code 1 when a phase failed or
+(smoke) produced no usable numbers; a figure missing its target is reported, not an error.
 """
 
 from __future__ import annotations
@@ -23,13 +26,22 @@ from typing import Any
 import psutil
 
 from bench import machine, report, targets
-from bench.scenarios import FULL, PHASES, SMOKE, Plan
+from bench.scenarios import FULL, GROUPS, PHASES, SMOKE, Plan
 
 QUIET_PCT = 10.0  # system-wide CPU % below which the machine counts as idle
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="phases: " + ", ".join(PHASES) + "\ngroups: "
+        + "; ".join(f"{g} = {' '.join(p)}" for g, p in GROUPS.items()),
+    )
+    parser.add_argument(
+        "phases", nargs="*", metavar="PHASE", help="phases or groups to run (default: all)"
+    )
     parser.add_argument("--smoke", action="store_true", help="short run, asserts no timings")
     parser.add_argument("--out", type=Path, help="where to write the results JSON")
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
@@ -50,7 +62,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="seconds to wait for an idle machine first (default: 120 full, 0 smoke)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.only = selected_phases(args.phases, args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def selected_phases(names: list[str], only: list[str] | None) -> list[str] | None:
+    """The phases named (groups expanded, in run order), or None for every phase."""
+    wanted: set[str] = set(only or ())
+    for name in names:
+        if name in GROUPS:
+            wanted.update(GROUPS[name])
+        elif name in PHASES:
+            wanted.add(name)
+        else:
+            choices = ", ".join([*PHASES, *GROUPS])
+            raise ValueError(f"unknown phase {name!r} (choose from {choices})")
+    return [name for name in PHASES if name in wanted] or None
 
 
 def stop_on_signals() -> None:
@@ -117,6 +148,13 @@ def smoke_problems(results: dict[str, Any]) -> list[str]:
                 f"{'/'.join(path)}: {run.get('requests')} requests, "
                 f"{run.get('errors')} errors ({run.get('first_error')})"
             )
+    for sweep in sweep_paths(results):
+        run = targets.dig(results, sweep) or {}
+        if not run.get("requests") or run.get("errors"):
+            problems.append(
+                f"{'/'.join(sweep)}: {run.get('requests')} requests, "
+                f"{run.get('errors')} errors ({run.get('first_error')})"
+            )
     for key in ("cold_steady", "cold_burst", "cold_no_prewarm", "memory"):
         phase = results.get(key)
         if phase is not None and phase.get("failed"):
@@ -128,6 +166,18 @@ def smoke_problems(results: dict[str, Any]) -> list[str]:
         if phase and "skipped" not in phase and not targets.dig(phase, ("fires_per_s",)):
             problems.append(f"{key}: no alarm fire was delivered in the window")
     return problems
+
+
+def sweep_paths(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Every (phase, system, level) run of the concurrency sweeps that were measured."""
+    paths: list[tuple[str, ...]] = []
+    sweeps = (("concurrency", ("baseline", "squall")), ("celery", ("squall", "celery")))
+    for phase, systems in sweeps:
+        data = results.get(phase)
+        if not data or "skipped" in data:
+            continue
+        paths += [(phase, system, str(level)) for system in systems for level in data["levels"]]
+    return paths
 
 
 PER_PHASE = ("errors", "phase_seconds", "background_cpu_pct", "phase_dates")
@@ -153,6 +203,7 @@ def merge_into(path: Path, fresh: dict[str, Any], phases: list[str]) -> dict[str
             dates[name] = stored_date
     merged["plan"] = fresh["plan"]
     merged["machine"] = fresh["machine"]
+    merged["load_average_at_end"] = fresh.get("load_average_at_end")
     merged.setdefault("schema", fresh["schema"])
     merged.setdefault("cpu_busy_pct_at_start", fresh.get("cpu_busy_pct_at_start"))
     merged["checks"] = targets.evaluate(merged)
@@ -169,6 +220,17 @@ def output_path(args: argparse.Namespace) -> Path:
     return report.RESULTS
 
 
+def write_report(results: Path, smoke: bool) -> Path:
+    """BENCHMARKS.md and its plots from the stored results (bench/results/latest.json); any
+    other results file gets its report and plots beside it, never the repository's."""
+    if results.resolve() == report.RESULTS.resolve():
+        report.regenerate(results, report.MARKDOWN)
+        return report.MARKDOWN
+    markdown = results.parent / "BENCHMARKS.md"
+    report.regenerate(results, markdown, reference=None if smoke else report.REFERENCE)
+    return markdown
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.merge and (args.smoke or not args.only):
@@ -181,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     wait_s = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.smoke else 120.0)
     results["cpu_busy_pct_at_start"] = wait_until_quiet(wait_s)
     results.update(run_phases(plan, args.only))
+    results["load_average_at_end"] = machine.load_average()
     results["checks"] = targets.evaluate(results)
     out = output_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -188,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         results = merge_into(out, results, args.only)
     out.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
     print(f"[bench] results: {out}", file=sys.stderr)
-    if not args.smoke and (args.merge or not args.only) and not args.no_report:
-        report.regenerate(out, report.MARKDOWN)
-        print(f"[bench] report: {report.MARKDOWN}", file=sys.stderr)
+    if not args.no_report:
+        markdown = write_report(out, smoke=args.smoke)
+        print(f"[bench] report: {markdown}", file=sys.stderr)
     print(report.summary_text(results))
     problems = smoke_problems(results)
     for problem in problems:

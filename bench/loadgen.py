@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from bench.shield import signals_deferred
-from bench.stats import summarize_ms
+from bench.stats import cdf_points, summarize_ms
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTH_ENV = "BENCH_AUTH"
@@ -88,6 +88,7 @@ class Tally:
             "elapsed_s": round(elapsed_s, 4),
             "requests_per_s": round(done / elapsed_s, 2) if elapsed_s > 0 else None,
             "latency": summarize_ms(self.samples_ms),
+            "cdf": cdf_points(self.samples_ms),
         }
 
 
@@ -258,15 +259,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class LoadgenProcess:
-    """A running `python -m bench.loadgen`, driven through the ready/go protocol."""
+    """A running `python -m bench.loadgen` (or another `module` speaking the same protocol,
+    such as bench.rpc_client), driven through the ready/go protocol."""
 
-    def __init__(self, argv: list[str], auth: str | None = None) -> None:
+    def __init__(
+        self, argv: list[str], auth: str | None = None, module: str = "bench.loadgen"
+    ) -> None:
         env = dict(os.environ)
         env.pop(AUTH_ENV, None)
         if auth:
             env[AUTH_ENV] = auth
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.loadgen", *argv],
+            [sys.executable, "-m", module, *argv],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.PIPE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import shutil
 import subprocess
@@ -13,8 +14,11 @@ from typing import Any
 
 import psutil
 
+from bench.redis_server import redis_version
+
 PACKAGES = (
     "squall", "starlette", "uvicorn", "httptools", "uvloop", "orjson", "psutil", "apscheduler",
+    "celery", "kombu", "redis", "psycopg", "matplotlib",
 )
 
 
@@ -50,6 +54,11 @@ def wrk_version() -> str | None:
     return first[0] if first else None
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how busy the machine was, our work included."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def describe() -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -63,4 +72,6 @@ def describe() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "packages": package_versions(),
         "wrk": wrk_version(),
+        "redis_server": redis_version(),
+        "load_average_at_start": load_average(),
     }

@@ -9,48 +9,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import plots
 from bench.targets import dig, evaluate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
+# The run recorded on a quiet machine before the peers were added (2026-11-27): every figure
+# of it stays in BENCHMARKS.md, beside the latest run's, whatever the latest run measured.
+REFERENCE = REPO_ROOT / "bench" / "results" / "reference.json"
 MARKDOWN = REPO_ROOT / "BENCHMARKS.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 HEADER = """# Benchmarks
 
-Hand-written above the results markers; everything between them is regenerated from
-`bench/results/latest.json` by `python -m bench.report` (which `python -m bench` runs).
-
-## How to run
-
-```sh
-make bench         # .venv/bin/python -m bench: full run (~15 min, most of it the three alarm
-                   # phases, after waiting up to 2 min for an idle machine), writes
-                   # bench/results/latest.json and regenerates the results section of this file
-make bench-smoke   # .venv/bin/python -m bench --smoke: < 1 min, proves the harness works,
-                   # asserts no timings, writes to a temp dir (or --out PATH)
-.venv/bin/python -m bench --only alarms --only alarms_inactive_rules \
-    --only alarms_apscheduler --merge   # re-run some phases, keep the others' figures
-.venv/bin/python -m bench.report   # re-render this file from bench/results/latest.json
-```
-
-The APScheduler comparison needs `apscheduler>=3.10,<4` (in the `bench` and `dev` extras).
-
-Throughput uses `wrk` when it is on PATH (`apt-get install -y wrk`), with `bench/wrk_post.lua`
-for the POST body and Authorization header; without it, two `bench.loadgen` processes.
-Every server binds 127.0.0.1 on a free port with a temporary data dir and is stopped at the end,
-also on Ctrl-C.
-
-## Machine
-
-The reference machine is the project's standard 2-core, 24 GiB Linux box (the same for
-developers and CI). The load generator shares those two cores with the server under test, for
-Squall and the baseline alike; compare ratios rather than absolute numbers across machines.
-The exact machine of the last run is listed in the generated section below.
+Hand-written above the results markers (how to run, the machine, how to read the figures,
+published figures of other platforms with their sources); everything between them is
+regenerated from `bench/results/latest.json` by `python -m bench.report` (which `python -m
+bench` runs).
 
 """
 
@@ -77,17 +57,33 @@ def verdict(passed: bool | None) -> str:
     return {True: "**pass**", False: "**MISS**", None: "not measured"}[passed]
 
 
-def targets_section(results: dict[str, Any]) -> list[str]:
+def targets_section(
+    results: dict[str, Any], reference: dict[str, Any] | None = None
+) -> list[str]:
     rows = [
-        (
+        [
             c["label"], fmt(c["value"]) + " " + c["unit"], f"{c['op']} {fmt(c['target'])}",
             verdict(c["passed"]), fmt(c["baseline"]), fmt(c["ratio_to_baseline"]) + "x"
             if c["ratio_to_baseline"] is not None else "-",
-        )
+        ]
         for c in results.get("checks", [])
     ]  # fmt: skip
-    headers = ("Figure", "Measured", "Target", "Result", "Baseline", "Squall ÷ baseline")
-    return ["### Targets", "", *table(headers, rows)]
+    headers = ["Figure", "Measured", "Target", "Result", "Baseline", "Squall ÷ baseline"]
+    intro: list[str] = []
+    if reference is not None:
+        recorded = {c["key"]: c for c in evaluate(reference)}
+        for row, c in zip(rows, results.get("checks", []), strict=True):
+            before = recorded.get(c["key"]) or {}
+            row += [fmt(before.get("value")), ratio(c["value"], before.get("value"))]
+        headers += ["Reference run", "÷ reference"]
+        intro = [
+            "'Reference run': the same figure in the run recorded on a quiet machine "
+            f"({(reference.get('machine') or {}).get('date')}, `{REFERENCE.name}`, every "
+            "table of it at the end of this section); '÷ reference' > 1 on a time means "
+            "slower than then.",
+            "",
+        ]
+    return ["### Targets", "", *intro, *table(headers, rows)]
 
 
 def latency_row(name: str, r: dict[str, Any] | None) -> list[Any]:
@@ -474,7 +470,10 @@ def stores_section(results: dict[str, Any]) -> list[str]:
                "Duration stats p50 ms", "÷ SQLite", "Seed s")  # fmt: skip
     measured = phase.get("writes") or {}
     rows = [store_row(phase, key, label) for key, label in STORE_NAMES if key in measured]
-    return ["### Activation stores", "", intro, "", *table(headers, rows)]
+    notes = [f"- {key}: not measured in this run ({why})" for key, why in
+             {**(phase.get("skipped") or {}), **(phase.get("failed") or {})}.items()]
+    return ["### Activation stores", "", intro, "", *table(headers, rows),
+            *([*notes, ""] if notes else [])]  # fmt: skip
 
 
 def store_row(phase: dict[str, Any], key: str, label: str) -> list[Any]:
@@ -498,13 +497,197 @@ def store_row(phase: dict[str, Any], key: str, label: str) -> list[Any]:
     ]  # fmt: skip
 
 
+# -- concurrency sweeps and peers ----------------------------------------------------------
+
+
+def sweep_run(results: dict[str, Any], phase: str, system: str, level: Any) -> dict[str, Any]:
+    run: dict[str, Any] = dig(results, (phase, system, str(level))) or {}
+    return run
+
+
+def concurrency_section(results: dict[str, Any]) -> list[str]:
+    phase = results.get("concurrency")
+    if not phase:
+        return []
+    headers = (
+        "Clients", "Baseline req/s", "Squall req/s", "Squall ÷ baseline", "Baseline p50 ms",
+        "Baseline p99 ms", "Squall p50 ms", "Squall p90 ms", "Squall p99 ms",
+        "Squall CPU µs/op (server)", "Squall CPU µs/op (server+sandboxes)",
+        "Baseline CPU µs/op", "Errors (baseline / Squall)",
+    )  # fmt: skip
+    rows = []
+    for level in phase.get("levels", []):
+        base, squall = sweep_run(results, "concurrency", "baseline", level), sweep_run(
+            results, "concurrency", "squall", level
+        )
+        rows.append([
+            level, base.get("requests_per_s"), squall.get("requests_per_s"),
+            ratio(squall.get("requests_per_s"), base.get("requests_per_s")),
+            dig(base, ("latency", "p50_ms")), dig(base, ("latency", "p99_ms")),
+            dig(squall, ("latency", "p50_ms")), dig(squall, ("latency", "p90_ms")),
+            dig(squall, ("latency", "p99_ms")), dig(squall, ("cpu", "main_cpu_us_per_op")),
+            dig(squall, ("cpu", "tree_cpu_us_per_op")), dig(base, ("cpu", "main_cpu_us_per_op")),
+            f"{fmt(base.get('errors'))} / {fmt(squall.get('errors'))}",
+        ])  # fmt: skip
+    tool = sweep_run(results, "concurrency", "squall", (phase.get("levels") or [0])[0]).get("tool")
+    plan = results.get("plan", {})
+    intro = (
+        f"Squall's warm blocking invoke beside the bare hello-world baseline (same run, same "
+        f"HTTP stack) at each number of concurrent keep-alive clients, with {tool or '-'}: "
+        f"{fmt(plan.get('sweep_warmup_s'))} s of warm-up, then {fmt(plan.get('sweep_s'))} s "
+        "measured per level, one fresh server of each for the whole sweep."
+    )
+    return ["### Throughput against concurrency", "", intro, "", *table(headers, rows)]
+
+
+def peer_latency_row(label: str, run: dict[str, Any]) -> list[Any]:
+    lat, cpu = run.get("latency") or {}, run.get("cpu") or {}
+    return [
+        label, run.get("requests"), run.get("errors"), lat.get("p50_ms"), lat.get("p90_ms"),
+        lat.get("p99_ms"), lat.get("p99.9_ms"), lat.get("max_ms"),
+        cpu.get("server_cpu_us_per_op"), cpu.get("client_cpu_us_per_op"),
+    ]  # fmt: skip
+
+
+def celery_rows(results: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for level in dig(results, ("celery", "levels")) or []:
+        squall, peer = sweep_run(results, "celery", "squall", level), sweep_run(
+            results, "celery", "celery", level
+        )
+        rows.append([
+            level, squall.get("requests_per_s"), peer.get("requests_per_s"),
+            ratio(squall.get("requests_per_s"), peer.get("requests_per_s")),
+            dig(squall, ("latency", "p50_ms")), dig(squall, ("latency", "p99_ms")),
+            dig(peer, ("latency", "p50_ms")), dig(peer, ("latency", "p99_ms")),
+            dig(squall, ("cpu", "server_cpu_us_per_op")),
+            dig(peer, ("cpu", "server_cpu_us_per_op")),
+            ratio(dig(squall, ("cpu", "server_cpu_us_per_op")),
+                  dig(peer, ("cpu", "server_cpu_us_per_op"))),
+            f"{fmt(squall.get('errors'))} / {fmt(peer.get('errors'))}",
+        ])  # fmt: skip
+    return rows
+
+
+def celery_memory_rows(phase: dict[str, Any]) -> list[list[Any]]:
+    squall = dig(phase, ("memory", "squall")) or {}
+    peer = dig(phase, ("memory", "celery")) or {}
+    return [
+        [
+            "Squall (platform, zygote, sandboxes)", 2 + (squall.get("sandbox_count") or 0),
+            squall.get("total_rss_mib"), squall.get("total_pss_mib"),
+            f"platform process {fmt(dig(squall, ('main', 'rss_mib')))} MiB RSS, "
+            f"{fmt(squall.get('sandbox_count'))} sandboxes",
+        ],
+        [
+            "Celery (worker, pool processes) + redis-server",
+            2 + (peer.get("pool_processes") or 0), peer.get("total_rss_mib"),
+            peer.get("total_pss_mib"),
+            f"worker main {fmt(dig(peer, ('worker_main', 'rss_mib')))} MiB, "
+            f"{fmt(peer.get('pool_processes'))} pool processes "
+            f"{fmt(peer.get('pool_rss_mib'))} MiB, redis-server "
+            f"{fmt(dig(peer, ('redis', 'rss_mib')))} MiB RSS",
+        ],
+    ]  # fmt: skip
+
+
+def celery_section(results: dict[str, Any]) -> list[str]:
+    phase = results.get("celery")
+    if not phase:
+        return []
+    heading = "### Squall beside Celery (Redis broker and result backend)"
+    if "skipped" in phase:
+        return [heading, "", f"Not measured in this run: {phase['skipped']}", ""]
+    packages = (results.get("machine") or {}).get("packages") or {}
+    intro = (
+        f"The same trivial work both ways, the same client, in one run: Celery "
+        f"{packages.get('celery') or '-'} (kombu {packages.get('kombu') or '-'}, redis-py "
+        f"{packages.get('redis') or '-'}) on redis-server {phase.get('redis_server') or '-'} "
+        "started by the harness (127.0.0.1, free port, temporary dir, no persistence), the "
+        "task `bench.hello` returning `{\"ok\": true}` called with `send_task(...).get()`; "
+        "Squall's trivial action called with `POST ...?blocking=true`, its activation record "
+        "stored as usual. Worker: `" + " ".join(phase.get("worker_argv") or []) + "` (Celery's "
+        "defaults for this machine: prefork, one process per core). Client: "
+        "`bench/rpc_client.py`, N threads over up to 2 processes, each thread with its own "
+        "connection (Squall) or its own Celery app (Celery), calling again as soon as a call "
+        f"returns; {fmt(phase.get('warmup_s_per_level'))} s of warm-up, then "
+        f"{fmt(phase.get('seconds_per_level'))} s measured per level. Server CPU: Squall's "
+        "whole process tree; the Celery worker's tree plus redis-server. Client CPU: the "
+        "client processes' own. Celery's results stay in Redis memory (an hour); Squall's "
+        "records are written to SQLite."
+    )
+    lat_headers = (
+        "System", "Calls", "Errors", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+        "Server CPU µs/call", "Client CPU µs/call",
+    )  # fmt: skip
+    lat_rows = [
+        peer_latency_row("Squall: blocking invoke", sweep_run(results, "celery", "squall", 1)),
+        peer_latency_row("Celery: send_task().get()", sweep_run(results, "celery", "celery", 1)),
+    ]
+    thr_headers = (
+        "Clients", "Squall calls/s", "Celery calls/s", "Squall ÷ Celery", "Squall p50 ms",
+        "Squall p99 ms", "Celery p50 ms", "Celery p99 ms", "Squall server CPU µs/call",
+        "Celery server CPU µs/call", "CPU Squall ÷ Celery", "Errors (Squall / Celery)",
+    )  # fmt: skip
+    mem_headers = ("System", "Processes", "RSS MiB (sum)", "PSS MiB", "Detail")
+    return [
+        heading, "", intro, "",
+        "Round trip of one call at a time (concurrency 1):", "",
+        *table(lat_headers, lat_rows),
+        "Calls per second at each concurrency:", "",
+        *table(thr_headers, celery_rows(results)),
+        "Memory at the end of the phase:", "",
+        *table(mem_headers, celery_memory_rows(phase)),
+    ]  # fmt: skip
+
+
+def cluster_section(results: dict[str, Any]) -> list[str]:
+    phase = results.get("cluster")
+    if not phase:
+        return []
+    text = phase.get("skipped") or "measured: see the phase's figures in the results file."
+    return ["### Squall standalone beside cluster mode", "", text, ""]
+
+
+def plots_section(drawn: list[tuple[str, Path]], markdown_dir: Path) -> list[str]:
+    if not drawn:
+        return []
+    lines = ["### Plots", ""]
+    for title, path in drawn:
+        link = Path(os.path.relpath(path, markdown_dir)).as_posix()
+        lines += [f"![{title}]({link})", ""]
+    return lines
+
+
+def reference_section(reference: dict[str, Any] | None) -> list[str]:
+    """Every table of the reference run, folded, its headings one level down."""
+    if reference is None:
+        return []
+    body = ("\n" + render(reference, heading=False)).replace("\n### ", "\n#### ")
+    date = (reference.get("machine") or {}).get("date")
+    return [
+        "### Reference run (quiet machine)",
+        "",
+        f"Every table of the run of {date} (`bench/results/{REFERENCE.name}`), recorded while "
+        "the machine was otherwise idle; the hand-written reading above quotes it.",
+        "",
+        "<details><summary>The reference run's tables</summary>",
+        "",
+        body.strip(),
+        "",
+        "</details>",
+        "",
+    ]
+
+
 def settings_section(results: dict[str, Any]) -> list[str]:
     rows = []
     for key in (
-        "warm", "cold_steady", "cold_burst", "cold_no_prewarm", "memory", "nodejs", "alarms",
-        "alarms_inactive_rules", "alarms_spread", "alarms_apscheduler",
+        "warm", "concurrency", "celery", "cold_steady", "cold_burst", "cold_no_prewarm",
+        "memory", "nodejs", "composition", "alarms", "alarms_inactive_rules", "alarms_spread",
+        "alarms_apscheduler", "stores",
     ):  # fmt: skip
-        if key.startswith("alarms") and key not in results:
+        if key not in results:
             continue
         settings = dig(results, (key, "settings")) or {}
         rows.append([
@@ -525,6 +708,11 @@ def settings_section(results: dict[str, Any]) -> list[str]:
     return ["### Server settings and run conditions", "", intro, "", *table(headers, rows)]
 
 
+def load_text(load: list[float] | None) -> str:
+    """The load averages, our own servers and load generators included."""
+    return ", ".join(f"{x:.2f}" for x in load) if load else "-"
+
+
 def machine_section(results: dict[str, Any]) -> list[str]:
     m = results.get("machine", {})
     pkgs = ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items())
@@ -534,6 +722,9 @@ def machine_section(results: dict[str, Any]) -> list[str]:
         ("RAM", f"{m.get('ram_gib')} GiB"), ("Kernel", m.get("kernel")),
         ("Python", f"{m.get('python')} ({m.get('python_implementation')})"),
         ("Packages", pkgs), ("wrk", m.get("wrk") or "not installed (Python load generator)"),
+        ("redis-server", m.get("redis_server") or "not installed"),
+        ("Load average (1, 5, 15 min) at start", load_text(m.get("load_average_at_start"))),
+        ("Load average (1, 5, 15 min) at end", load_text(results.get("load_average_at_end"))),
     ]  # fmt: skip
     return ["### Machine of this run", "", *table(("", "Value"), rows)]
 
@@ -602,7 +793,13 @@ def composition_section(results: dict[str, Any]) -> list[str]:
     return ["### Sequences and web actions", "", intro, "", *table(headers, rows)]
 
 
-def render(results: dict[str, Any]) -> str:
+def render(
+    results: dict[str, Any],
+    *,
+    heading: bool = True,
+    reference: dict[str, Any] | None = None,
+    plot_lines: list[str] | None = None,
+) -> str:
     mode = "smoke (not a measurement)" if results.get("plan", {}).get("smoke") else "full"
     lines = [
         "## Results",
@@ -610,13 +807,18 @@ def render(results: dict[str, Any]) -> str:
         f"Generated by `python -m bench.report` from `bench/results/latest.json`: run of "
         f"{results.get('machine', {}).get('date')}, mode {mode}.",
         "",
-    ]
+    ] if heading else []  # fmt: skip
+    lines += targets_section(results, reference)
     for section in (
-        targets_section, misses_section, latency_section, throughput_section, cold_section,
-        nodejs_section, memory_section, alarms_section, stores_section, composition_section,
-        notes_section, settings_section, machine_section,
+        misses_section, latency_section, throughput_section, concurrency_section,
+        celery_section, cold_section, nodejs_section, memory_section, alarms_section,
+        stores_section, composition_section, cluster_section,
     ):  # fmt: skip
         lines += section(results)
+    lines += plot_lines or []
+    for section in (notes_section, settings_section, machine_section):
+        lines += section(results)
+    lines += reference_section(reference)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -630,11 +832,25 @@ def splice(existing: str | None, generated: str) -> str:
     return head + block + tail.lstrip("\n")
 
 
-def regenerate(results_path: Path = RESULTS, markdown_path: Path = MARKDOWN) -> None:
-    results = json.loads(results_path.read_text())
+def load_results(path: Path) -> dict[str, Any]:
+    results: dict[str, Any] = json.loads(path.read_text())
     results["checks"] = evaluate(results)  # the stored figures against the current targets
+    return results
+
+
+def regenerate(
+    results_path: Path = RESULTS, markdown_path: Path = MARKDOWN, reference: Path | None = REFERENCE
+) -> None:
+    """The results section of `markdown_path` and the plots (in `plots/` beside the results
+    file) from `results_path`, with the reference run's figures when there is one."""
+    results = load_results(results_path)
+    same = reference is not None and reference.resolve() == results_path.resolve()
+    ref = load_results(reference) if reference and reference.exists() and not same else None
+    drawn = plots.draw_all(results, results_path.parent / "plots")
+    plot_lines = plots_section(drawn, markdown_path.resolve().parent)
     existing = markdown_path.read_text() if markdown_path.exists() else None
-    markdown_path.write_text(splice(existing, render(results)))
+    generated = render(results, reference=ref, plot_lines=plot_lines)
+    markdown_path.write_text(splice(existing, generated))
 
 
 def summary_text(results: dict[str, Any]) -> str:
@@ -654,8 +870,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--markdown", type=Path, default=MARKDOWN)
+    parser.add_argument("--reference", type=Path, default=REFERENCE)
     args = parser.parse_args(argv)
-    regenerate(args.results, args.markdown)
+    regenerate(args.results, args.markdown, args.reference)
     print(f"wrote {args.markdown}")
     return 0
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from bench import alarms, composition, stores, throughput
+from bench import alarms, celery_bench, composition, stores, throughput
 from bench.api import ACTIONS, Invocation, SquallClient
 from bench.loadgen import LoadgenProcess, Target
 from bench.procinfo import cpu_per_op, cpu_snapshot, tree_memory
@@ -69,6 +69,10 @@ class Plan:
     store_write_records: int = 20_000
     store_seed_records: int = 1_000_000
     store_query_calls: int = 300
+    # concurrency sweeps (phases `concurrency` and `celery`): closed-loop clients per level
+    sweep_levels: tuple[int, ...] = (1, 4, 16, 32, 64)
+    sweep_s: float = 5.0
+    sweep_warmup_s: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +91,9 @@ SMOKE = replace(
     store_write_records=500,
     store_seed_records=5_000,
     store_query_calls=20,
+    sweep_levels=(1, 4),
+    sweep_s=1.0,
+    sweep_warmup_s=0.3,
 )
 
 
@@ -175,6 +182,41 @@ def measure_throughput(server: Server, target: Target, plan: Plan) -> dict[str, 
         plan.throughput_warmup_s,
         plan.use_wrk,
     )
+
+
+def phase_concurrency(plan: Plan) -> dict[str, Any]:
+    """Throughput and latency against the number of concurrent clients, Squall's blocking
+    invoke beside the bare baseline, with wrk (or the Python load generator)."""
+    out: dict[str, Any] = {"settings": SETTINGS["warm"], "levels": list(plan.sweep_levels)}
+    with baseline_server() as base, squall_server(SETTINGS["warm"]) as squall:
+        prepare_warm_action(squall)
+        path = f"{ACTIONS}/{WARM_ACTION}?blocking=true"
+        targets = {
+            "baseline": (base, Target(HOST, base.port, "GET", "/")),
+            "squall": (squall, Target(HOST, squall.port, "POST", path, b"{}", squall.auth)),
+        }
+        for name, (server, target) in targets.items():
+            out[name] = {
+                str(level): throughput.measure(
+                    server, target, level, plan.sweep_s, plan.sweep_warmup_s, plan.use_wrk
+                )
+                for level in plan.sweep_levels
+            }
+        out["memory_after"] = tree_memory(squall.process())
+    return out
+
+
+# Squall standalone against Squall in cluster mode (issue 7): the hook the comparison goes in.
+CLUSTER_NOT_MEASURED = (
+    "not measured: Squall has no cluster mode yet (issue 7). When it lands, this phase runs "
+    "the `warm` and `concurrency` measurements against a cluster on this machine beside "
+    "standalone, in the same run."
+)
+
+
+def phase_cluster(plan: Plan) -> dict[str, Any]:
+    """Hook for standalone vs cluster mode: records that nothing was measured, no figures."""
+    return {"skipped": CLUSTER_NOT_MEASURED}
 
 
 # -- cold starts -------------------------------------------------------------------------------
@@ -308,6 +350,8 @@ def warm_invokes(client: SquallClient, kind: str, count: int, max_s: float) -> d
 
 PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "warm": phase_warm,
+    "concurrency": phase_concurrency,
+    "celery": celery_bench.phase_celery,
     "cold_steady": lambda plan: phase_cold(plan, "cold_steady", plan.cold_pause_s),
     "cold_burst": lambda plan: phase_cold(plan, "cold_burst", 0.0),
     "cold_no_prewarm": lambda plan: phase_cold(plan, "cold_no_prewarm", plan.cold_pause_s),
@@ -319,4 +363,12 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "alarms_apscheduler": alarms.phase_apscheduler,
     "stores": stores.phase_stores,
     "composition": composition.phase_composition,
+    "cluster": phase_cluster,
+}
+
+# Names that select several phases on the command line (`python -m bench cold`).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "invoke": ("warm", "concurrency", "celery", "nodejs", "composition"),
+    "cold": ("cold_steady", "cold_burst", "cold_no_prewarm"),
+    "timers": ("alarms", "alarms_inactive_rules", "alarms_spread", "alarms_apscheduler"),
 }

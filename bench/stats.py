@@ -41,3 +41,17 @@ def ratio(value: float | None, base: float | None) -> float | None:
     if value is None or base is None or base == 0:
         return None
     return round(value / base, 3)
+
+
+# The points a latency distribution is kept at in the results file: enough to draw its CDF
+# without storing every sample.
+CDF_GRID = (0.0, 0.5, *(float(p) for p in range(1, 100)), 99.5, 99.9, 100.0)
+
+
+def cdf_points(values_ms: Sequence[float]) -> dict[str, list[float]]:
+    """The latency at each percentile of CDF_GRID (nearest rank; 0 is the minimum)."""
+    ordered = sorted(values_ms)
+    if not ordered:
+        return {"pct": [], "ms": []}
+    points = [ordered[0] if p == 0 else percentile(ordered, p) for p in CDF_GRID]
+    return {"pct": list(CDF_GRID), "ms": [round(v, 4) for v in points]}
