@@ -11,7 +11,9 @@ import os
 from typing import Any
 
 import httpx
+from click.testing import CliRunner
 
+from squall.cli.main import cli
 from tests.conftest import GUEST_KEY, GUEST_UUID, ServerProcess, require
 
 VICTIM = """
@@ -98,3 +100,61 @@ def test_a_sandbox_cannot_reach_another_or_the_platform(server: ServerProcess) -
         assert seen[key] in ("EPERM", "EACCES"), seen
     # The victim really is alive and warm (the probe's refusals are not a missing target).
     os.kill(victim["pid"], 0)
+
+
+THIEF = """
+import json, os, urllib.request, base64
+
+def get(path):
+    key = base64.b64encode(os.environ["__OW_API_KEY"].encode()).decode()
+    request = urllib.request.Request(
+        os.environ["__OW_API_HOST"] + path, headers={"Authorization": "Basic " + key}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+def main(args):
+    ns, aid = args["victim_ns"], args["victim_activation"]
+    paths = [
+        f"/api/v1/namespaces/{ns}/actions/secret-code",
+        f"/api/v1/namespaces/{ns}/actions",
+        f"/api/v1/namespaces/{ns}/activations",
+        f"/api/v1/namespaces/{ns}/activations/{aid}",
+        f"/api/v1/namespaces/{ns}/activations/{aid}/result",
+        f"/api/v1/namespaces/{ns}/activations/{aid}/logs",
+        f"/api/v1/namespaces/_/activations/{aid}",
+        f"/api/v1/namespaces/{ns}/triggers",
+        f"/api/v1/namespaces/{ns}/limits",
+    ]
+    return {"seen": [[path, *get(path)] for path in paths]}
+"""
+
+
+def test_an_action_cannot_reach_another_namespace_through_the_api(server: ServerProcess) -> None:
+    """Tenant B's code, records and entities, probed by tenant A's action with A's own key."""
+    made = CliRunner().invoke(
+        cli,
+        ["admin", "user", "create", "tenant-b"],
+        env={"SQUALL_DATA_DIR": str(server.data_dir), "SQUALL_ENTITY_STORE": ""},
+    )
+    assert made.exit_code == 0, made.output
+    uid, _, key = made.output.strip().partition(":")
+    marker = "tenant-b-private-4f1c"
+    code = f"def main(a):\n    print('{marker}')\n    return {{'secret': '{marker}'}}\n"
+    with httpx.Client(base_url=server.url, auth=(uid, key), timeout=30) as tenant_b:
+        victim = invoke(tenant_b, "secret-code", code, {})
+        listed = tenant_b.get("/api/v1/namespaces/_/activations", params={"limit": 1}).json()
+    assert victim == {"secret": marker}
+    with httpx.Client(base_url=server.url, auth=(GUEST_UUID, GUEST_KEY), timeout=30) as guest:
+        seen = invoke(
+            guest,
+            "isolation-thief",
+            THIEF,
+            {"victim_ns": "tenant-b", "victim_activation": listed[0]["activationId"]},
+        )["seen"]
+    for path, status, body in seen:
+        assert marker not in body, (path, status, body)
+        assert status in (403, 404), (path, status, body)
