@@ -70,5 +70,6 @@ async def test_system_view_is_the_readiness_data_without_secrets(
     assert view["checks"] == readyz["checks"]
     assert {r["role"] for r in view["roles"]} == {"controller", "scheduler", "invoker"}
     assert all(r["ready"] and r["waitingFor"] == [] for r in view["roles"])
-    assert view["prewarm"]["target"] == 1
+    # SQUALL_PREWARM_COUNT=1 in the tests: one stem cell for each runtime installed.
+    assert view["prewarm"]["target"] == len(platform.invoker.prewarm.pools) >= 1
     assert GUEST_KEY not in (await guest.get("/ui/api/system")).text

@@ -63,8 +63,15 @@ def _path_name(what: str) -> JSON:
     return _param("name", "path", _ref("Name"), f"The {what}'s name")
 
 
+# What `http.query_bool` accepts, in any letter case; empty means the default.
+FLAG = {
+    "type": "string",
+    "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|1|0)?$",
+}
+
+
 def _query_flag(name: str, description: str) -> JSON:
-    return _param(name, "query", {"type": "string", "enum": ["true", "false"]}, description)
+    return _param(name, "query", FLAG, description)
 
 
 PAGING = [

@@ -390,7 +390,8 @@ def _status_code(result: dict[str, Any]) -> int | None:
         code = int(raw) if not isinstance(raw, float) or raw.is_integer() else -1
     except ValueError:
         code = -1
-    if not 100 <= code <= 599:
+    # 1xx are not final responses: a client would wait for the real one forever.
+    if not 200 <= code <= 599:
         raise ApiError(400, invalid_media("message/http"))
     return code
 
