@@ -3,7 +3,7 @@
 
 The tests run in order on one signed-in page, as a user would: sign in, invoke from the form,
 follow the activation to its logs, watch an alarm, disable a rule, then stop PostgreSQL and see
-the System page say so (and recover). Screenshots of each page land in SQUALL_UI_ARTIFACTS (a
+the System page say so (and recover). Screenshots of each page land in TEST_UI_ARTIFACTS (a
 temporary directory by default, printed at the end).
 """
 
@@ -34,7 +34,7 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path(os.environ.get("SQUALL_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = Path(os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 HELLO = (
@@ -49,7 +49,7 @@ WAIT_MS = 15_000
 
 @pytest.fixture(scope="module")
 def artifacts() -> Path:
-    chosen = os.environ.get("SQUALL_UI_ARTIFACTS")
+    chosen = os.environ.get("TEST_UI_ARTIFACTS")
     path = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="squall-ui-"))
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -2,7 +2,7 @@
 
 Thousands of generated requests, valid and invalid, with good and wrong credentials: no 5xx,
 no hang, every response as documented (status, content type, body schema), no crash.
-`SQUALL_FUZZ_EXAMPLES` sets the examples per operation (default 25).
+`TEST_FUZZ_EXAMPLES` sets the examples per operation (default 25).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from squall.controller.openapi import openapi_document
 from tests.conftest import GUEST_KEY, GUEST_UUID, ServerProcess, start_server, stop_server
 
-EXAMPLES = int(os.environ.get("SQUALL_FUZZ_EXAMPLES", "25"))
-# The same cases every run, so CI is repeatable; SQUALL_FUZZ_RANDOM=1 explores new ones.
-DERANDOMIZE = os.environ.get("SQUALL_FUZZ_RANDOM") != "1"
+EXAMPLES = int(os.environ.get("TEST_FUZZ_EXAMPLES", "25"))
+# The same cases every run, so CI is repeatable; TEST_FUZZ_RANDOM=1 explores new ones.
+DERANDOMIZE = os.environ.get("TEST_FUZZ_RANDOM") != "1"
 WRONG_KEY = (GUEST_UUID, "w" * 64)
 # "Schema-valid data must be accepted" needs schemas that are exact validators; ours describe
 # (an action's kind depends on the runtimes installed, its code on the kind), so a valid-looking

@@ -25,9 +25,9 @@ from tests.conftest import (
     stop_server,
 )
 
-EXAMPLES = int(os.environ.get("SQUALL_FUZZ_EXAMPLES", "25")) * 12
-# The same cases every run, so CI is repeatable; SQUALL_FUZZ_RANDOM=1 explores new ones.
-DERANDOMIZE = os.environ.get("SQUALL_FUZZ_RANDOM") != "1"
+EXAMPLES = int(os.environ.get("TEST_FUZZ_EXAMPLES", "25")) * 12
+# The same cases every run, so CI is repeatable; TEST_FUZZ_RANDOM=1 explores new ones.
+DERANDOMIZE = os.environ.get("TEST_FUZZ_RANDOM") != "1"
 FEEDS = ("alarm", "interval", "once")
 EVENTS = ("CREATE", "READ", "UPDATE", "DELETE", "PAUSE", "UNPAUSE")
 

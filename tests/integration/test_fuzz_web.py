@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import GUEST_KEY, GUEST_UUID, ServerProcess, start_server, stop_server
 
-EXAMPLES = int(os.environ.get("SQUALL_FUZZ_EXAMPLES", "25")) * 8
-# The same cases every run, so CI is repeatable; SQUALL_FUZZ_RANDOM=1 explores new ones.
-DERANDOMIZE = os.environ.get("SQUALL_FUZZ_RANDOM") != "1"
+EXAMPLES = int(os.environ.get("TEST_FUZZ_EXAMPLES", "25")) * 8
+# The same cases every run, so CI is repeatable; TEST_FUZZ_RANDOM=1 explores new ones.
+DERANDOMIZE = os.environ.get("TEST_FUZZ_RANDOM") != "1"
 # Echoes what it got; with `shape` it answers whatever statusCode, headers and body it is sent,
 # so generated requests also make the platform render generated results.
 ECHO = """

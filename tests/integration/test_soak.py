@@ -2,8 +2,8 @@
 bounded time. Memory and descriptors stay flat, sandboxes stay within their limits, every
 accepted activation has exactly one record, and p99 latency does not drift.
 
-`SQUALL_SOAK_S` sets the duration: 60 s by default, 600 s in CI's slow tier (.ci/run).
-`SQUALL_SOAK_REPORT` names a JSON file for the figures (recorded in BENCHMARKS.md).
+`TEST_SOAK_S` sets the duration: 60 s by default, 600 s in CI's slow tier (.ci/run).
+`TEST_SOAK_REPORT` names a JSON file for the figures (recorded in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.conftest import (
     stop_server,
 )
 
-DURATION_S = float(os.environ.get("SQUALL_SOAK_S", "60"))
+DURATION_S = float(os.environ.get("TEST_SOAK_S", "60"))
 RATE_PER_S = 60.0  # paced, well under capacity: a soak looks for drift, not for the ceiling
 CLIENTS = 3
 ALARMS = 5  # each fires every second through a rule
@@ -211,7 +211,7 @@ def run_soak(server: ServerProcess, tmp_path: Path) -> None:
             assert not worker.is_alive(), "a load thread did not stop"
         disable_alarms(api)
         figures = check(api, outcome, samples, started, since_ms)
-    report = os.environ.get("SQUALL_SOAK_REPORT")
+    report = os.environ.get("TEST_SOAK_REPORT")
     if report:
         Path(report).write_text(json.dumps(figures, indent=2))
     print("soak:", json.dumps(figures))
