@@ -309,22 +309,10 @@ class ControllerService:
             results.append(result)
             if message is not None:
                 messages.append(message)
-        # OpenWhisk's trigger activation: the payload as result, no end time and no duration
-        # (kept here as end = start, duration 0), one log line per rule (inactive ones too).
-        self.activations.store(
-            build_record(
-                namespace=identity.namespace,
-                name=trigger.name,
-                version=trigger.version,
-                subject=identity.subject,
-                activation_id=trigger_id,
-                start=start,
-                end=start,
-                response=ActivationResponse(SUCCESS, payload),
-                logs=[orjson.dumps(result).decode() for result in results],
-                annotations=[],
-            )
-        )
+        # The payload as result, one log line per rule (inactive ones too).
+        logs = [orjson.dumps(result).decode() for result in results]
+        self._store_fire(identity, trigger, trigger_id, start, ActivationResponse(SUCCESS, payload),
+                         logs)  # fmt: skip
         if ledger:
             await self.activations.flush()
         for message in messages:
@@ -346,7 +334,24 @@ class ControllerService:
         replay of the tick finds it and does not fire late. No action is invoked.
         """
         trigger = await self.get_trigger(path)
+        refused = ActivationResponse(APPLICATION_ERROR, {"error": message, "payload": payload})
         now = int(time.time() * 1000)
+        throttled = [{"key": "throttled", "value": True}]
+        self._store_fire(identity, trigger, activation_id, now, refused, [], throttled)
+        await self.activations.flush()
+
+    def _store_fire(
+        self,
+        identity: Identity,
+        trigger: Trigger,
+        activation_id: str,
+        start: int,
+        response: ActivationResponse,
+        logs: list[str],
+        annotations: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """OpenWhisk's trigger activation: no end time and no duration (kept here as end =
+        start, duration 0)."""
         self.activations.store(
             build_record(
                 namespace=identity.namespace,
@@ -354,16 +359,13 @@ class ControllerService:
                 version=trigger.version,
                 subject=identity.subject,
                 activation_id=activation_id,
-                start=now,
-                end=now,
-                response=ActivationResponse(
-                    APPLICATION_ERROR, {"error": message, "payload": payload}
-                ),
-                logs=[],
-                annotations=[{"key": "throttled", "value": True}],
+                start=start,
+                end=start,
+                response=response,
+                logs=logs,
+                annotations=annotations or [],
             )
         )
-        await self.activations.flush()
 
     async def _prepare_rule(
         self,
