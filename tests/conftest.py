@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -136,14 +137,29 @@ def stop_server(server: ServerProcess) -> None:
             server.process.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("server")
-    instance = start_server(base / "data", base / "server.log")
+@contextmanager
+def served(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """A real server for a fixture's scope, stopped however the scope ends."""
+    base = tmp_path_factory.mktemp(name)
+    instance = start_server(base / "data", base / "server.log", env=env)
     try:
         yield instance
     finally:
         stop_server(instance)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with served(tmp_path_factory, "server") as instance:
+        yield instance
+
+
+# Fuzzing (tests/integration/test_fuzz_*.py): examples per operation, and the same cases every
+# run so CI is repeatable; TEST_FUZZ_RANDOM=1 explores new ones.
+FUZZ_EXAMPLES = int(os.environ.get("TEST_FUZZ_EXAMPLES", "25"))
+FUZZ_DERANDOMIZE = os.environ.get("TEST_FUZZ_RANDOM") != "1"
 
 
 @pytest.fixture(params=["in-process", "server"])
@@ -171,8 +187,10 @@ def local_postgres() -> LocalPostgres:
     """A new, initialised but not started PostgreSQL cluster (skips or fails when missing)."""
     bin_dir = postgres_bin_dir()
     require(bin_dir is not None, "PostgreSQL server binaries (apt-get install postgresql)")
-    require(os.geteuid() != 0 or _user_exists("postgres"),
-            "a 'postgres' user to run PostgreSQL as (root cannot; Debian's package creates it)")
+    require(
+        os.geteuid() != 0 or _user_exists("postgres"),
+        "a 'postgres' user to run PostgreSQL as (root cannot; Debian's package creates it)",
+    )
     require(_importable("psycopg_pool"), "psycopg and psycopg_pool (pip install -e '.[dev]')")
     assert bin_dir is not None
     server = LocalPostgres(bin_dir)

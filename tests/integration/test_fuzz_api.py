@@ -8,7 +8,6 @@ no hang, every response as documented (status, content type, body schema), no cr
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Iterator
 
 import httpx
@@ -20,11 +19,16 @@ from schemathesis import Case, GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from squall.controller.openapi import openapi_document
-from tests.conftest import GUEST_KEY, GUEST_UUID, ServerProcess, start_server, stop_server
+from tests.conftest import (
+    FUZZ_DERANDOMIZE,
+    FUZZ_EXAMPLES,
+    GUEST_KEY,
+    GUEST_UUID,
+    ServerProcess,
+    served,
+)
 
-EXAMPLES = int(os.environ.get("TEST_FUZZ_EXAMPLES", "25"))
-# The same cases every run, so CI is repeatable; TEST_FUZZ_RANDOM=1 explores new ones.
-DERANDOMIZE = os.environ.get("TEST_FUZZ_RANDOM") != "1"
+EXAMPLES = FUZZ_EXAMPLES
 WRONG_KEY = (GUEST_UUID, "w" * 64)
 # "Schema-valid data must be accepted" needs schemas that are exact validators; ours describe
 # (an action's kind depends on the runtimes installed, its code on the kind), so a valid-looking
@@ -34,14 +38,10 @@ EXCLUDED = [positive_data_acceptance]
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("fuzz")
     # Schemathesis probes every operation with wrong credentials: a budget for all of them.
     env = {"SQUALL_LIMITS_AUTH_FAILURE_BURST": "100000"}
-    server = start_server(base / "data", base / "server.log", env=env)
-    try:
+    with served(tmp_path_factory, "fuzz", env) as server:
         yield server
-    finally:
-        stop_server(server)
     assert server.process.returncode == 0, "the fuzzed server did not stop cleanly"
     assert "Traceback" not in server.output(), server.output()[-3000:]
 
@@ -51,7 +51,7 @@ FUZZ_SETTINGS = settings(
     deadline=None,
     suppress_health_check=list(HealthCheck),
     database=None,
-    derandomize=DERANDOMIZE,
+    derandomize=FUZZ_DERANDOMIZE,
     print_blob=True,
 )
 

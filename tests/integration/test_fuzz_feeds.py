@@ -7,7 +7,6 @@ platform or a traceback, and the alarm service keeps running.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,17 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import (
+    FUZZ_DERANDOMIZE,
+    FUZZ_EXAMPLES,
     GUEST_AUTH,
     GUEST_KEY,
     GUEST_UUID,
     ServerProcess,
-    start_server,
-    stop_server,
+    served,
 )
 
-EXAMPLES = int(os.environ.get("TEST_FUZZ_EXAMPLES", "25")) * 12
-# The same cases every run, so CI is repeatable; TEST_FUZZ_RANDOM=1 explores new ones.
-DERANDOMIZE = os.environ.get("TEST_FUZZ_RANDOM") != "1"
+EXAMPLES = FUZZ_EXAMPLES * 12
 FEEDS = ("alarm", "interval", "once")
 EVENTS = ("CREATE", "READ", "UPDATE", "DELETE", "PAUSE", "UNPAUSE")
 
@@ -79,12 +77,8 @@ envelopes = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def feed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("feeds")
-    server = start_server(base / "data", base / "server.log")
-    try:
+    with served(tmp_path_factory, "feeds") as server:
         yield server
-    finally:
-        stop_server(server)
 
 
 @pytest.mark.timeout(max(120, EXAMPLES))  # about 0.15 s an example on a busy 2-core machine
@@ -93,7 +87,7 @@ def feed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     max_examples=EXAMPLES,
     deadline=None,
     database=None,
-    derandomize=DERANDOMIZE,
+    derandomize=FUZZ_DERANDOMIZE,
     suppress_health_check=list(HealthCheck),
 )
 def test_feed_parameters_never_break_the_platform(

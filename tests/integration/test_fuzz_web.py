@@ -7,7 +7,6 @@ error (no 500, 503 or traceback), and a refusal has OpenWhisk's `{"error", "code
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,11 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import GUEST_KEY, GUEST_UUID, ServerProcess, start_server, stop_server
+from tests.conftest import (
+    FUZZ_DERANDOMIZE,
+    FUZZ_EXAMPLES,
+    GUEST_KEY,
+    GUEST_UUID,
+    ServerProcess,
+    served,
+)
 
-EXAMPLES = int(os.environ.get("TEST_FUZZ_EXAMPLES", "25")) * 8
-# The same cases every run, so CI is repeatable; TEST_FUZZ_RANDOM=1 explores new ones.
-DERANDOMIZE = os.environ.get("TEST_FUZZ_RANDOM") != "1"
+EXAMPLES = FUZZ_EXAMPLES * 8
 # Echoes what it got; with `shape` it answers whatever statusCode, headers and body it is sent,
 # so generated requests also make the platform render generated results.
 ECHO = """
@@ -71,9 +75,10 @@ requests = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("web")
-    server = start_server(base / "data", base / "server.log")
-    with httpx.Client(base_url=server.url, auth=(GUEST_UUID, GUEST_KEY), timeout=30) as api:
+    with (
+        served(tmp_path_factory, "web") as server,
+        httpx.Client(base_url=server.url, auth=(GUEST_UUID, GUEST_KEY), timeout=30) as api,
+    ):
         for name, extra in ACTIONS.items():
             annotations = [{"key": "web-export", "value": True}] + [
                 {"key": k, "value": v} for k, v in extra.items()
@@ -81,15 +86,12 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
             body = {"exec": {"kind": "python:3", "code": ECHO}, "annotations": annotations}
             created = api.put(f"/api/v1/namespaces/_/actions/{name}", json=body)
             assert created.status_code == 200, created.text
-    try:
         yield server
-    finally:
-        stop_server(server)
 
 
 @pytest.mark.timeout(max(120, EXAMPLES))
 @given(request=requests)
-@settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
+@settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=FUZZ_DERANDOMIZE,
           suppress_health_check=list(HealthCheck))  # fmt: skip
 def test_web_requests_never_break_the_platform(
     web_server: ServerProcess, request: dict[str, Any]
