@@ -9,21 +9,11 @@ import orjson
 
 from squall.abc import MessageHandler, Subscription
 from squall.bus.memory import MemoryBus
-from squall.config import SystemLimits
-from squall.entities.action import build_action
 from squall.entities.activation import SUCCESS, ActivationResponse
 from squall.messages import SCHEDULER_TOPIC, ActivationMessage
 from squall.stores.journal import LOST_IN_CRASH, CrashJournal, JournaledBus
 from squall.stores.sqlite import SqliteActivationStore
-
-ACTION = build_action(
-    "guest",
-    "a",
-    {"exec": {"kind": "python:3", "code": "x"}},
-    kinds=frozenset({"python:3"}),
-    system=SystemLimits(),
-    existing=None,
-)
+from tests.unit.test_queue import ACTION
 
 
 def message(n: int) -> ActivationMessage:
