@@ -287,6 +287,7 @@ class ActivationStore(abc.ABC):
 
 
 MessageHandler = Callable[[object], None]
+PrefixWatcher = Callable[[Mapping[str, str]], None]
 
 
 class Subscription(abc.ABC):
@@ -359,6 +360,24 @@ class Coordinator(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Remove a key."""
+
+    @abc.abstractmethod
+    def watch_prefix(self, prefix: str, on_change: PrefixWatcher) -> Subscription:
+        """Call `on_change` with every key under `prefix` (a full snapshot, not a delta), once
+        now and again after every change, from the event loop. Membership, ownership and
+        throttling flags are read this way, so no request waits on a round trip to etcd.
+        After a lost connection the watcher gets a fresh snapshot once it is back."""
+
+    @property
+    def lease_valid(self) -> bool:
+        """Whether this process can be sure its lease is still alive: the last keepalive was
+        acknowledged less than a TTL ago. An owner that cannot be sure must stop acting as one
+        (fencing): its keys may already be gone and another member may own its work."""
+        return True
+
+    def problem(self) -> str | None:
+        """Why coordination is not usable now (for readiness), None when it is."""
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
