@@ -219,6 +219,22 @@ class EtcdSettings:
 
 
 @dataclass(slots=True, frozen=True)
+class ClusterSettings:
+    """How role processes (controller, scheduler, invoker) find and trust each other."""
+
+    # This process's member id, unique per role: its Kafka topic and etcd membership key.
+    # Unset: the role and the host name (a pod's name is unique in its StatefulSet).
+    id: str | None = setting(None, help="member id, e.g. scheduler0; default: role-hostname")
+    # Shared secret on the internal endpoints (invokers fetching from schedulers, controllers
+    # managing alarms). Unset: the internal endpoints accept any caller on the network.
+    token: str | None = setting(None, secret=True, help="bearer token for internal endpoints")
+    # Alarms are split into this many shards, each owned by one live scheduler.
+    alarm_shards: int = 64
+    # How often an invoker publishes its free memory to the coordinator.
+    capacity_interval_s: float = setting(1.0, duration=True)
+
+
+@dataclass(slots=True, frozen=True)
 class LogSettings:
     """How the process logs."""
 
@@ -257,6 +273,7 @@ class Settings:
     stores: StoreSettings = field(default_factory=lambda: StoreSettings())
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     log: LogSettings = field(default_factory=LogSettings)
     runtimes: RuntimeSettings = field(default_factory=lambda: RuntimeSettings())
     access: AccessSettings = field(default_factory=lambda: AccessSettings())
