@@ -16,6 +16,9 @@ MESSAGE_VERSION = 1
 
 SCHEDULER_TOPIC = "scheduler0"
 INVOKER_TOPIC = "invoker0"
+# Every controller (and every scheduler's fire path) forgets its cached copy of a changed action
+# when another process writes it: OpenWhisk's `cacheInvalidation` topic.
+CACHE_TOPIC = "cache-invalidation"
 
 
 def completed_topic(controller_id: str) -> str:
@@ -105,3 +108,13 @@ class Completion:
     activation_id: str
     controller_id: str
     record: dict[str, Any]
+
+
+@dataclass(slots=True)
+class CacheInvalidation:
+    """An action changed or went away: forget cached copies under `path`/`name` (every name in
+    the package `path` when `name` is empty). `origin` is the writer, which already forgot."""
+
+    path: str
+    name: str
+    origin: str

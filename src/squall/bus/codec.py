@@ -19,6 +19,7 @@ from squall.errors import SquallError
 from squall.messages import (
     MESSAGE_VERSION,
     ActivationMessage,
+    CacheInvalidation,
     Completion,
     ContainerCreation,
     QueueKey,
@@ -63,6 +64,9 @@ def to_json(message: object) -> JSONDict:
             "controller_id": message.controller_id,
             "record": message.record,
         }
+    if isinstance(message, CacheInvalidation):
+        return {"v": MESSAGE_VERSION, "type": "invalidation", "path": message.path,
+                "name": message.name, "origin": message.origin}  # fmt: skip
     raise MessageError(f"no wire form for {type(message).__name__}")
 
 
@@ -87,6 +91,8 @@ def from_json(doc: Any) -> object:
             )
         if kind == "completion":
             return Completion(doc["activation_id"], doc["controller_id"], doc["record"])
+        if kind == "invalidation":
+            return CacheInvalidation(str(doc["path"]), str(doc["name"]), str(doc["origin"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise MessageError(f"a {kind} message is malformed: {exc!r}") from exc
     raise MessageError(f"unknown message type {kind!r}")

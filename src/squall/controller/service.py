@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -42,7 +42,15 @@ from squall.entities.package import Package
 from squall.entities.rule import Rule, build_rule
 from squall.entities.trigger import ACTIVE, INACTIVE, RuleLink, Trigger, build_trigger
 from squall.errors import ConflictError
-from squall.messages import SCHEDULER_TOPIC, ActivationMessage, Completion, completed_topic
+from squall.messages import (
+    CACHE_TOPIC,
+    SCHEDULER_TOPIC,
+    ActivationMessage,
+    CacheInvalidation,
+    Completion,
+    QueueKey,
+    completed_topic,
+)
 
 log = logging.getLogger("squall.controller")
 
@@ -52,6 +60,9 @@ TRIGGERS = "triggers"
 RULES = "rules"
 # Read-modify-write of a trigger document races with other rule changes; retry this often.
 TRIGGER_WRITE_ATTEMPTS = 5
+THROTTLING = "throttling/"  # coordinator keys `throttling/{ns}/{action path}`
+NO_SCHEDULER = ("No scheduler is available to take the activation; the platform is starting or "
+                "every scheduler is down (see /readyz).")  # fmt: skip
 RULE_NEEDS_TRIGGER = "Only rules with existing triggers can be activated"
 
 RulesEdit = Callable[[dict[str, RuleLink]], dict[str, RuleLink]]
@@ -73,6 +84,7 @@ class ControllerService:
         kinds: frozenset[str],
         controller_id: str = "controller0",
         kind_aliases: dict[str, str] | None = None,
+        route: Callable[[QueueKey], str | None] | None = None,
     ) -> None:
         self.entities, self.activations = entities, activations
         self._bus, self._coordinator = bus, coordinator
@@ -80,19 +92,55 @@ class ControllerService:
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
         self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._firing: set[str] = set()  # trigger activation ids being fired right now
+        # Which scheduler's topic an activation goes to (its queue's owner in a cluster).
+        self._route = route or (lambda _key: SCHEDULER_TOPIC)
+        # Actions whose queue is over its retention limit, as flagged by their schedulers.
+        self._throttled: frozenset[str] = frozenset()
         # Namespace limits: rates, concurrency, allowed kinds (`x:default` is its kind).
         self.throttles = Throttles(limits, kind_aliases)
         self.packages = Packages(entities, limits, self.get_action)
         self.sequences = Sequences(self)
 
     async def start(self) -> None:
-        self._subscription = self._bus.subscribe(
-            completed_topic(self.controller_id), self.controller_id, self._completed
-        )
+        self._subscriptions = [
+            self._bus.subscribe(
+                completed_topic(self.controller_id), self.controller_id, self._completed
+            ),
+            # Each process its own group: every one of them hears every invalidation.
+            self._bus.subscribe(CACHE_TOPIC, self.controller_id, self._invalidated),
+            self._coordinator.watch_prefix(THROTTLING, self._throttling_changed),
+        ]
 
     async def close(self) -> None:
         await self.sequences.close()
-        await self._subscription.close()
+        for subscription in self._subscriptions:
+            await subscription.close()
+
+    def _throttling_changed(self, flags: Mapping[str, str]) -> None:
+        self._throttled = frozenset(key.removeprefix(THROTTLING) for key in flags)
+
+    def _invalidated(self, message: object) -> None:
+        if isinstance(message, CacheInvalidation) and message.origin != self.controller_id:
+            self._forget_actions(message.path, message.name)
+
+    def _forget_actions(self, path: str, name: str) -> None:
+        if name:
+            self._actions.pop((path, name), None)
+        else:
+            for key in [k for k in self._actions if k[0] == path]:
+                del self._actions[key]
+
+    def _changed(self, path: str, name: str) -> None:
+        """Forget an action here and tell the other processes to forget it too."""
+        self._forget_actions(path, name)
+        self._bus.publish(CACHE_TOPIC, CacheInvalidation(path, name, self.controller_id))
+
+    def _topic(self, message: ActivationMessage) -> str:
+        topic = self._route(message.queue_key)
+        if topic is None:
+            self.throttles.completed(message.activation_id)
+            raise ApiError(503, NO_SCHEDULER)
+        return topic
 
     def _completed(self, message: object) -> None:
         if isinstance(message, Completion):
@@ -155,12 +203,12 @@ class ControllerService:
             message = ALREADY_EXISTS if existing is None else CONCURRENT_MODIFICATION
             raise ApiError(409, message) from exc
         finally:
-            self._actions.pop((path.path, path.name), None)
+            self._changed(path.path, path.name)
         return action
 
     async def delete_action(self, path: EntityPath) -> Action:
         _, action = await self.get_action(path)
-        self._actions.pop((path.path, path.name), None)
+        self._changed(path.path, path.name)
         if not await self.entities.delete(ACTIONS, path.path, path.name):
             raise ApiError(404, NOT_FOUND)
         return action
@@ -168,9 +216,7 @@ class ControllerService:
     async def delete_package(self, path: EntityPath, *, force: bool) -> Package:
         """Delete a package (with its actions when `force`), forgetting their cached copies."""
         package = await self.packages.delete(path, force=force)
-        inside = f"{path.namespace}/{path.name}"
-        for key in [k for k in self._actions if k[0] == inside]:
-            del self._actions[key]
+        self._changed(f"{path.namespace}/{path.name}", "")
         return package
 
     async def resolve_action(self, caller: str, path: EntityPath) -> ResolvedAction:
@@ -540,7 +586,7 @@ class ControllerService:
             record = await self.sequences.launch(prepared, blocking=blocking, wait_ms=wait_ms)
             return activation_id, record
         if not blocking:
-            self._bus.publish(SCHEDULER_TOPIC, prepared)
+            self._bus.publish(self._topic(prepared), prepared)
             return activation_id, None
         return activation_id, await self.send_and_wait(prepared, wait_ms)
 
@@ -549,7 +595,7 @@ class ControllerService:
         if isinstance(prepared, SequenceRun):
             await self.sequences.launch(prepared, blocking=False, wait_ms=0)
         else:
-            self._bus.publish(SCHEDULER_TOPIC, prepared)
+            self._bus.publish(self._topic(prepared), prepared)
 
     async def send_and_wait(
         self, message: ActivationMessage, wait_ms: int
@@ -558,8 +604,9 @@ class ControllerService:
         activation_id = message.activation_id
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        topic = self._topic(message)
         self._waiters[activation_id] = waiter
-        self._bus.publish(SCHEDULER_TOPIC, message)
+        self._bus.publish(topic, message)
         # A bare timer instead of asyncio.wait_for: this runs once per blocking invoke.
         timer = loop.call_later(wait_ms / 1000, _give_up, waiter)
         try:
@@ -592,7 +639,7 @@ class ControllerService:
             return SequenceRun(
                 new_activation_id(), identity, resolved, content, transaction_id, cause
             )
-        if await self._coordinator.get(f"throttling/{identity.namespace}/{action.qualified}"):
+        if self._throttled and f"{identity.namespace}/{action.qualified}" in self._throttled:
             raise ApiError(429, "Too many requests")
         extra: list[dict[str, Any]] = []
         if in_sequence:
