@@ -228,6 +228,9 @@ class ClusterSettings:
     # Shared secret on the internal endpoints (invokers fetching from schedulers, controllers
     # managing alarms). Unset: the internal endpoints accept any caller on the network.
     token: str | None = setting(None, secret=True, help="bearer token for internal endpoints")
+    # Where the other members reach this process (its internal endpoints); default
+    # http://{host}:{port}, with this host's address when listening on every interface.
+    url: str | None = setting(None, help="advertised URL, e.g. http://10.0.0.7:3233")
     # Alarms are split into this many shards, each owned by one live scheduler.
     alarm_shards: int = 64
     # How often an invoker publishes its free memory to the coordinator.

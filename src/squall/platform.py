@@ -7,19 +7,23 @@ still controller -> bus -> scheduler queue -> invoker -> sandbox, exactly as in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from squall.abc import ActivationStore, Coordinator, EntityStore, MessageBus, SandboxFactory
 from squall.alarms import AlarmService
 from squall.bus.memory import MemoryBus
+from squall.cluster.placement import ALL_ROLES, ROLES, Member, Placement, Role, default_member_id
 from squall.config import Settings
 from squall.controller.app import build_app
 from squall.controller.auth import (
@@ -32,10 +36,10 @@ from squall.controller.auth import (
 from squall.controller.feeds import AlarmFeeds
 from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
-from squall.errors import DependencyUnavailable
+from squall.errors import ConfigurationError, DependencyUnavailable, SquallError
 from squall.invoker.service import InvokerService
 from squall.ops.dependencies import DependencyMonitor, etcd_monitor, kafka_monitor
-from squall.ops.metrics import Sources, metrics_registry
+from squall.ops.metrics import Sources, StandaloneSources, metrics_registry
 from squall.ops.readiness import Check, Readiness, scrub, store_fix
 from squall.ops.routes import ops_routes
 from squall.runtimes import load_manifest
@@ -52,19 +56,32 @@ log = logging.getLogger("squall")
 class Closable(Protocol):
     async def close(self) -> None: ...
 
+
+class Component(Closable, Protocol):
+    async def start(self) -> None: ...
+
+
 GUEST_NAMESPACE = "guest"
 GUEST_AUTH_FILE = "guest.auth"
 
 
 @dataclass
 class Platform:
-    """Every component of a standalone process, in start order."""
+    """Every component of one process, in start order.
+
+    One wiring for every shape: `squall standalone` runs all three roles, a role process
+    (`squall controller|scheduler|invoker`) the one it names. Every component object is built
+    either way (they are cheap); `roles` decides which ones start, which routes are served and
+    which readiness checks and metrics apply.
+    """
 
     settings: Settings
+    roles: frozenset[Role]
     entities: EntityStore
     activations: ActivationStore
     bus: MessageBus
     coordinator: Coordinator
+    placement: Placement
     sandboxes: SandboxFactory
     scheduler: SchedulerService
     invoker: InvokerService
@@ -74,11 +91,16 @@ class Platform:
     retention: RetentionService
     readiness: Readiness
     app: ASGIApp
+    members: list[Member] = field(default_factory=list)
     journal: CrashJournal | None = None
     guest_auth: str = field(default="", repr=False)
     warnings: list[str] = field(default_factory=list)
     _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
     _started: list[Closable] = field(default_factory=list, repr=False)
+    _capacity: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def runs(self, role: Role) -> bool:
+        return role in self.roles
 
     async def start(self) -> None:
         """Start every component in order. Whatever started is closed by `close`, also after a
@@ -88,39 +110,95 @@ class Platform:
             self.journal.open()
         self._started.append(self.readiness)  # closes the monitors and the probe
         await self.readiness.start_monitors()
-        url = self.settings.entity_store_url
-        self.readiness.note("entity_store", Check("starting", f"connecting to {url.redacted}"))
-        self._started.append(self.entities)  # a start cancelled while retrying closes its pool
-        await start_with_retry(self.entities, "entity store", on_failure=self._entity_store_down)
-        for component in (
-            self.activations,  # an unreachable one buffers records and reconnects by itself
-            self.bus,
-            self.coordinator,
-            self.sandboxes,
-        ):
+        if self.runs("controller") or self.runs("scheduler"):
+            url = self.settings.entity_store_url
+            self.readiness.note("entity_store", Check("starting", f"connecting to {url.redacted}"))
+            self._started.append(self.entities)  # a start cancelled while retrying closes it
+            await start_with_retry(self.entities, "entity store", on_failure=self._store_down)
+        for component in self._backends():
             self._started.append(component)
             await component.start()
+        self.placement.start()
+        self._started.append(self.placement)
         if self.journal is not None and self.journal.open_count:
             # Settled beside the start: it waits for the store when that is unreachable.
             self._recovery = asyncio.create_task(self.journal.recover(self.activations))
         await self.readiness.start()  # its probe reads the stores, which are open now
-        self.guest_auth = await ensure_guest(self.settings, self.entities)
-        # The alarms last: their fires go through the controller.
-        for service in (self.retention, self.scheduler, self.invoker, self.controller, self.alarms):
+        if self.runs("controller"):
+            self.guest_auth = await ensure_guest(self.settings, self.entities)
+        for service in self._services():
             self._started.append(service)
             await service.start()
+        await self._register()
 
-    def _entity_store_down(self, reason: str) -> None:
+    def _backends(self) -> list[Component]:
+        # An unreachable activation store buffers records and reconnects by itself.
+        backends: list[Component] = [self.activations, self.bus, self.coordinator]
+        if self.runs("invoker"):
+            backends.append(self.sandboxes)
+        return backends
+
+    def _services(self) -> list[Component]:
+        """Role services in start order; the alarms last, as their fires go through the
+        controller (a scheduler process has a controller object for its fires, no API)."""
+        services: list[Component] = []
+        if self.runs("controller"):
+            services.append(self.retention)
+        if self.runs("scheduler"):
+            services.append(self.scheduler)
+        if self.runs("invoker"):
+            services.append(self.invoker)
+        if self.runs("controller") or self.runs("scheduler"):
+            services.append(self.controller)
+        if self.runs("scheduler"):
+            services.append(self.alarms)
+        return services
+
+    async def _register(self) -> None:
+        """Join the membership once the services consume their topics, so no member is sent
+        work before it listens; an invoker then reports its free memory as it changes."""
+        for member in self.members:
+            await self.placement.register(self._with_capacity(member))
+        if self.runs("invoker") and self.settings.coordination != "local":
+            self._capacity = asyncio.create_task(self._report_capacity(), name="squall-capacity")
+
+    def _with_capacity(self, member: Member) -> Member:
+        if member.role != "invoker":
+            return member
+        free = self.settings.invoker.user_memory_mb - self.invoker.used_memory_mb()
+        return replace(member, free_mb=free, containers=self.invoker.container_count())
+
+    async def _report_capacity(self) -> None:
+        invoker = next(m for m in self.members if m.role == "invoker")
+        reported = self._with_capacity(invoker)
+        while True:
+            await asyncio.sleep(self.settings.cluster.capacity_interval_s)
+            current = self._with_capacity(invoker)
+            if current == reported:
+                continue
+            try:
+                await self.placement.register(current)
+                reported = current
+            except SquallError as exc:  # etcd down: readiness says so; report when back
+                log.debug("capacity not reported: %s", exc)
+
+    def _store_down(self, reason: str) -> None:
         url = self.settings.entity_store_url
         fix = store_fix("entity_store", url)
         self.readiness.note("entity_store", Check("unavailable", scrub(reason), fix))
 
     async def close(self) -> None:
-        """Stop in reverse start order; every component is closed even if one fails (an
-        activation store that cannot write its last records raises after the rest closed)."""
+        """Leave the membership first (the others stop sending work at once instead of after a
+        lease TTL), then stop in reverse start order; every component is closed even if one
+        fails (an activation store that cannot write its last records raises after the rest)."""
         first_error: BaseException | None = None
-        if self._recovery is not None:
-            self._recovery.cancel()
+        for task in (self._recovery, self._capacity):
+            if task is not None:
+                task.cancel()
+        if any(component is self.placement for component in self._started):
+            for member in self.members:
+                with contextlib.suppress(SquallError):
+                    await self.placement.deregister(member)
         while self._started:
             component = self._started.pop()
             try:
@@ -134,17 +212,22 @@ class Platform:
             raise first_error
 
 
-def build_platform(settings: Settings) -> Platform:
-    """All components for `settings`, not yet started."""
+def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Platform:
+    """All components for `settings`, not yet started; `roles` are the ones this process runs."""
+    check_roles(settings, roles)
+    member_ids = {role: member_id(settings, role, roles) for role in ROLES}
+    # Everything in one process on the in-process bus: the one scheduler gets every activation.
+    one_process = roles == ALL_ROLES and settings.bus == "memory"
     entities = select.entity_store(settings.entity_store_url, settings.data_dir)
     activations = select.activation_store(
         settings.activation_store_url, settings.data_dir, max_pending=settings.stores.buffer_max
     )
-    # The in-process bus and the batched record writes live in memory: journal what they hold.
+    # Batched record writes (and the in-process bus) live in memory: journal what they hold.
     journal = CrashJournal(settings.data_dir / JOURNAL_FILE)
-    bus = JournaledBus(MemoryBus(), journal)
     activations.journal = journal
-    coordinator = LocalCoordinator()
+    bus = message_bus(settings, journal)
+    coordinator = coordination(settings)
+    placement = Placement(coordinator, settings.cluster.alarm_shards)
     source = settings.source("runtimes.manifest")
     runtimes = load_manifest(settings.runtimes.manifest, settings.runtimes.variable(source))
     sandboxes = ProcessSandboxFactory(sandbox_root(), runtimes=runtimes)
@@ -156,6 +239,7 @@ def build_platform(settings: Settings) -> Platform:
         settings=settings.scheduler,
         # A namespace's own concurrent limit once the controller has seen it (its throttles).
         namespace_limit=lambda ns: controller.throttles.concurrent_limit(ns),
+        scheduler_id=member_ids["scheduler"],
     )
     api_host = settings.api_host or f"http://{settings.host}:{settings.port}"
     invoker = InvokerService(
@@ -167,6 +251,7 @@ def build_platform(settings: Settings) -> Platform:
         limits=limits,
         api_host=api_host,
         runtimes=runtimes,
+        invoker_id=member_ids["invoker"],
     )
     controller = ControllerService(
         entities=entities,
@@ -176,6 +261,9 @@ def build_platform(settings: Settings) -> Platform:
         limits=limits,
         kinds=frozenset(sandboxes.kinds()),
         kind_aliases=runtimes.aliases(),
+        # A scheduler process's controller only fires its alarms: its own id for completions.
+        controller_id=member_ids["controller" if "controller" in roles else "scheduler"],
+        route=None if one_process else placement.scheduler_for,
     )
     auth = Authenticator(
         entities,
@@ -183,7 +271,7 @@ def build_platform(settings: Settings) -> Platform:
         ttl_s=settings.access.identity_ttl_s,
     )
     feeds = AlarmFeeds(controller)
-    # The scheduler role owns alarm timers; in one process they fire through the controller.
+    # The scheduler role owns alarm timers; they fire through the controller object.
     alarms = AlarmService(
         entities,
         feeds.fire,
@@ -194,30 +282,45 @@ def build_platform(settings: Settings) -> Platform:
     monitors, warnings = dependency_monitors(settings)
     readiness = Readiness(
         settings,
-        entities=entities,
+        entities=entities if roles & {"controller", "scheduler"} else None,
         activations=activations,
-        scheduler=scheduler,
-        alarms=alarms,
-        sandboxes=sandboxes,
+        scheduler=scheduler if "scheduler" in roles else None,
+        alarms=alarms if "scheduler" in roles else None,
+        sandboxes=sandboxes if "invoker" in roles else None,
         monitors=monitors,
+        cluster=None if roles == ALL_ROLES else membership_checks(placement, coordinator, roles),
     )
-    sources = Sources(activations, scheduler, invoker, alarms, readiness)
-    registry = metrics_registry(sources)
-    routes = [*ops_routes(readiness, registry), *ui_routes(auth, sources)]
-    app = build_app(controller, auth, routes, feeds, runtimes=runtimes.info())
-    if getattr(sandboxes, "isolation_degraded", False):
+    sources = Sources(
+        activations,
+        scheduler if "scheduler" in roles else None,
+        invoker if "invoker" in roles else None,
+        alarms if "scheduler" in roles else None,
+        readiness,
+    )
+    routes = ops_routes(readiness, metrics_registry(sources))
+    if roles == ALL_ROLES:  # the dashboard reads every role's state in-process
+        full = StandaloneSources(activations, scheduler, invoker, alarms, readiness)
+        routes += ui_routes(auth, full)
+    if "controller" in roles:
+        app = build_app(controller, auth, routes, feeds, runtimes=runtimes.info())
+    else:
+        app = Starlette(routes=routes)
+    if getattr(sandboxes, "isolation_degraded", False) and "invoker" in roles:
         warnings.append(
             f"sandbox isolation is reduced: {getattr(sandboxes, 'isolation_reason', '')}"
         )
     if runtimes.missing:
         warnings.append("runtimes not installed, their kinds are not offered: "
                         + ", ".join(runtimes.missing))  # fmt: skip
+    url = advertised_url(settings)
     return Platform(
         settings,
+        roles,
         entities,
         activations,
         bus,
         coordinator,
+        placement,
         sandboxes,
         scheduler,
         invoker,
@@ -227,9 +330,87 @@ def build_platform(settings: Settings) -> Platform:
         RetentionService(activations, settings.stores.retention_s),
         readiness,
         app,
+        members=[Member(role, member_ids[role], url) for role in ROLES if role in roles],
         journal=journal,
         warnings=warnings,
     )
+
+
+def check_roles(settings: Settings, roles: frozenset[Role]) -> None:
+    """A role process shares its work with others: it needs a bus, coordination and stores
+    that other processes can reach. Said before anything starts, with what to set."""
+    if roles == ALL_ROLES:
+        return
+    named = "/".join(sorted(roles))
+    problems = []
+    if settings.bus != "kafka":
+        problems.append("SQUALL_BUS=kafka (and SQUALL_KAFKA_BOOTSTRAP)")
+    if settings.coordination != "etcd":
+        problems.append("SQUALL_COORDINATION=etcd (and SQUALL_ETCD_ENDPOINTS)")
+    if roles & {"controller", "scheduler"} and settings.entity_store_url.kind == "sqlite":
+        problems.append(f"{settings.stores.entity_variable} to a PostgreSQL URL")
+    if settings.activation_store_url.kind == "sqlite":
+        problems.append(f"{settings.stores.activation_variable} to a PostgreSQL or "
+                        "Elasticsearch/OpenSearch URL")  # fmt: skip
+    if problems:
+        raise ConfigurationError(
+            f"squall {named} runs one role of a cluster and shares its work through services "
+            f"every process reaches; set {'; '.join(problems)}. One process with every role "
+            "and the embedded defaults: squall standalone"
+        )
+
+
+def member_id(settings: Settings, role: Role, roles: frozenset[Role]) -> str:
+    """`controller0`, `scheduler0`, `invoker0` in one process (OpenWhisk's names); in a role
+    process, `cluster.id` or `{role}-{hostname}`."""
+    if roles == ALL_ROLES and settings.cluster.id is None:
+        return f"{role}0"
+    if settings.cluster.id is None:
+        return default_member_id(role)
+    return settings.cluster.id if len(roles) == 1 else f"{role}-{settings.cluster.id}"
+
+
+def advertised_url(settings: Settings) -> str:
+    if settings.cluster.url:
+        return settings.cluster.url.rstrip("/")
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostbyname(socket.gethostname())
+    return f"http://{host}:{settings.port}"
+
+
+def membership_checks(
+    placement: Placement, coordinator: Coordinator, roles: frozenset[Role]
+) -> Callable[[], dict[str, Check]]:
+    """Readiness of a role process: its lease, and the members it cannot work without."""
+
+    def checks() -> dict[str, Check]:
+        found: dict[str, Check] = {}
+        if not coordinator.lease_valid:
+            found["lease"] = Check(
+                "unavailable",
+                "this process cannot confirm its etcd lease; it owns no queue or alarm meanwhile",
+                "see the etcd check; the lease is renewed by itself once etcd answers",
+            )
+        if "controller" in roles and not placement.live("scheduler"):
+            found["schedulers"] = Check(
+                "unavailable", "no scheduler is registered", "start squall scheduler"
+            )
+        if "scheduler" in roles and not placement.live("invoker"):
+            found["invokers"] = Check(
+                "degraded", "no invoker is registered: activations wait", "start squall invoker"
+            )
+        return found
+
+    return checks
+
+
+def message_bus(settings: Settings, journal: CrashJournal) -> MessageBus:
+    return JournaledBus(MemoryBus(), journal)  # it journals what only memory holds
+
+
+def coordination(settings: Settings) -> Coordinator:
+    return LocalCoordinator()
 
 
 def dependency_monitors(settings: Settings) -> tuple[list[DependencyMonitor], list[str]]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from squall.cluster.placement import ALL_ROLES, Role
 from squall.config import Settings
 from squall.controller.http import json_response, new_transaction_id
 from squall.ops.readiness import Readiness
@@ -100,10 +101,10 @@ class StartupGate:
         return "; ".join(waiting) or "components are starting"
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> None:
     """Open the port at once (health and readiness), start every component, serve until
     SIGINT/SIGTERM, then stop cleanly."""
-    platform = build_platform(settings)
+    platform = build_platform(settings, roles)
     gate = StartupGate(platform.app, platform.readiness)
     server = _Server(server_config(platform, gate))
     loop = asyncio.get_running_loop()
@@ -136,6 +137,8 @@ def announce(platform: Platform) -> None:
 def announcement(platform: Platform) -> list[str]:
     settings = platform.settings
     lines = [f"warning: {warning}" for warning in platform.warnings]
+    if platform.roles != ALL_ROLES:
+        return [*lines, *role_announcement(platform)]
     lines += [
         f"Squall standalone listening on http://{settings.host}:{settings.port}",
         f"data dir: {settings.data_dir}",
@@ -156,11 +159,27 @@ def announcement(platform: Platform) -> list[str]:
     ]
 
 
-def run(settings: Settings) -> None:
+def role_announcement(platform: Platform) -> list[str]:
+    settings = platform.settings
+    members = ", ".join(f"{m.role} {m.id}" for m in platform.members)
+    lines = [
+        f"Squall {members} listening on http://{settings.host}:{settings.port}",
+        f"kafka: {', '.join(settings.kafka.bootstrap)}; etcd: {', '.join(settings.etcd.endpoints)}",
+        f"activation store: {settings.activation_store_url.redacted}",
+    ]
+    if platform.runs("controller") or platform.runs("scheduler"):
+        lines.append(f"entity store: {settings.entity_store_url.redacted}")
+    if settings.cluster.token is None:
+        lines.append("warning: SQUALL_CLUSTER_TOKEN is not set: the internal endpoints between "
+                     "members accept any caller that reaches this port")  # fmt: skip
+    return lines
+
+
+def run(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> None:
     """Blocking entry point for the CLI."""
     import uvloop
 
     from squall import logs
 
     logs.configure(settings.log)
-    uvloop.run(serve(settings))
+    uvloop.run(serve(settings, roles))

@@ -30,6 +30,7 @@ log = logging.getLogger("squall.cluster")
 
 Role = Literal["controller", "scheduler", "invoker"]
 ROLES: tuple[Role, ...] = ("controller", "scheduler", "invoker")
+ALL_ROLES: frozenset[Role] = frozenset(ROLES)  # standalone: every role in one process
 MEMBERS = "members/"
 
 

@@ -55,10 +55,24 @@ class Sources:
     """The components a scrape reads."""
 
     activations: ActivationStore
+    scheduler: SchedulerService | None  # None in a process that does not run the role
+    invoker: InvokerService | None
+    alarms: AlarmService | None
+    readiness: Readiness
+
+
+@dataclass(frozen=True, slots=True)
+class StandaloneSources:
+    """All of them, as one process running every role has (what the dashboard reads)."""
+
+    activations: ActivationStore
     scheduler: SchedulerService
     invoker: InvokerService
     alarms: AlarmService
     readiness: Readiness
+
+    def partial(self) -> Sources:
+        return Sources(self.activations, self.scheduler, self.invoker, self.alarms, self.readiness)
 
 
 class SquallCollector(Collector):
@@ -75,7 +89,8 @@ class SquallCollector(Collector):
         yield from self._readiness_metrics()
 
     def _activation_metrics(self) -> Iterator[Metric]:
-        counts = (self._sources.invoker.counts, self._sources.scheduler.counts)
+        sources = self._sources
+        counts = [role.counts for role in (sources.invoker, sources.scheduler) if role is not None]
         by_status = CounterMetricFamily(
             "squall_activations",
             "Activations recorded, by status (the record's statusCode).",
@@ -84,7 +99,8 @@ class SquallCollector(Collector):
         for slot, name in enumerate(STATUS_NAMES):
             by_status.add_metric([name], sum(c.by_status[slot] for c in counts))
         yield by_status
-        yield _duration_histogram(self._sources.invoker.counts)
+        if sources.invoker is not None:
+            yield _duration_histogram(sources.invoker.counts)
         pending = getattr(self._sources.activations, "pending_count", 0)
         yield GaugeMetricFamily(
             "squall_activation_store_pending_records",
@@ -93,6 +109,8 @@ class SquallCollector(Collector):
         )
 
     def _scheduler_metrics(self) -> Iterator[Metric]:
+        if self._sources.scheduler is None:
+            return
         queues, queued, creating = self._sources.scheduler.queue_stats()
         yield GaugeMetricFamily("squall_scheduler_queues", "Action queues.", value=queues)
         yield GaugeMetricFamily(
@@ -108,6 +126,8 @@ class SquallCollector(Collector):
 
     def _container_metrics(self) -> Iterator[Metric]:
         invoker = self._sources.invoker
+        if invoker is None:
+            return
         states = invoker.container_states()
         states["prewarm"] = invoker.prewarm.cells()
         family = GaugeMetricFamily(
@@ -129,6 +149,8 @@ class SquallCollector(Collector):
         )
 
     def _alarm_metrics(self) -> Iterator[Metric]:
+        if self._sources.alarms is None:
+            return
         stats = self._sources.alarms.stats()
         for field, name, help_text in ALARM_COUNTERS:
             yield CounterMetricFamily(name, help_text, value=getattr(stats, field))

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -86,19 +86,24 @@ class Readiness:
         self,
         settings: Settings,
         *,
-        entities: EntityStore,
+        entities: EntityStore | None,
         activations: ActivationStore,
-        scheduler: SchedulerService,
-        alarms: AlarmService,
-        sandboxes: SandboxFactory,
+        scheduler: SchedulerService | None,
+        alarms: AlarmService | None,
+        sandboxes: SandboxFactory | None,
         probe_interval_s: float = PROBE_INTERVAL_S,
         monitors: Sequence[Monitor] = (),
+        cluster: Callable[[], dict[str, Check]] | None = None,
     ) -> None:
+        """Components a role does not run are None and have no check; `cluster` adds the
+        checks of a role process (coordination, bus, the members it depends on)."""
         self._settings = settings
         self._entities, self._activations = entities, activations
         self._scheduler, self._alarms, self._sandboxes = scheduler, alarms, sandboxes
         self._interval = probe_interval_s
-        self._probed = dict.fromkeys(("entity_store", "activation_store"), NOT_PROBED)
+        stores = ("entity_store", "activation_store") if entities else ("activation_store",)
+        self._probed = dict.fromkeys(stores, NOT_PROBED)
+        self._cluster = cluster
         self._task: asyncio.Task[None] | None = None
         self._monitors = tuple(monitors)
 
@@ -134,17 +139,19 @@ class Readiness:
 
     async def probe(self) -> None:
         """Point-read each store once, remembering the outcome (and logging changes once)."""
-        entity_url = self._settings.entity_store_url
-        activation_url = self._settings.activation_store_url
-        entity = _probe(self._entities.get_subject_by_namespace(_PROBE_NAMESPACE))
-        activation = _probe(self._activations.get(_PROBE_NAMESPACE, _PROBE_ACTIVATION_ID))
-        results = await asyncio.gather(entity, activation)
-        for name, reason, url in zip(
-            ("entity_store", "activation_store"),
-            results,
-            (entity_url, activation_url),
-            strict=True,
-        ):
+        probes: dict[str, tuple[StoreURL, Coroutine[Any, Any, object]]] = {
+            "activation_store": (
+                self._settings.activation_store_url,
+                self._activations.get(_PROBE_NAMESPACE, _PROBE_ACTIVATION_ID),
+            )
+        }
+        if self._entities is not None:
+            probes["entity_store"] = (
+                self._settings.entity_store_url,
+                self._entities.get_subject_by_namespace(_PROBE_NAMESPACE),
+            )
+        results = await asyncio.gather(*(_probe(call) for _, call in probes.values()))
+        for (name, (url, _)), reason in zip(probes.items(), results, strict=True):
             check = OK if reason is None else Check("unavailable", reason, store_fix(name, url))
             self._remember(name, check)
 
@@ -159,14 +166,20 @@ class Readiness:
     # -- the report ----------------------------------------------------------------------------
 
     def checks(self) -> dict[str, Check]:
-        return {
-            "entity_store": self._probed["entity_store"],
-            "activation_store": self._activation_store(),
-            "scheduler_durations": self._scheduler_durations(),
-            "alarms": self._alarm_check(),
-            "sandbox": self._sandbox(),
-            **{monitor.name: monitor.check() for monitor in self._monitors},
-        }
+        checks: dict[str, Check] = {}
+        if self._entities is not None:
+            checks["entity_store"] = self._probed["entity_store"]
+        checks["activation_store"] = self._activation_store()
+        if self._scheduler is not None:
+            checks["scheduler_durations"] = self._scheduler_durations(self._scheduler)
+        if self._alarms is not None:
+            checks["alarms"] = self._alarm_check(self._alarms)
+        if self._sandboxes is not None:
+            checks["sandbox"] = self._sandbox(self._sandboxes)
+        checks.update((monitor.name, monitor.check()) for monitor in self._monitors)
+        if self._cluster is not None:
+            checks.update(self._cluster())
+        return checks
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         """(ready, the `/readyz` body): ready when every check is ok or degraded."""
@@ -182,8 +195,9 @@ class Readiness:
         url = self._settings.activation_store_url
         return Check("unavailable", scrub(str(reason)), store_fix("activation_store", url))
 
-    def _scheduler_durations(self) -> Check:
-        reason = self._scheduler.durations_degraded
+    @staticmethod
+    def _scheduler_durations(scheduler: SchedulerService) -> Check:
+        reason = scheduler.durations_degraded
         if reason is None:
             return OK
         return Check(
@@ -193,16 +207,18 @@ class Readiness:
             "see the activation_store check",
         )
 
-    def _alarm_check(self) -> Check:
-        state = self._alarms.state
+    @staticmethod
+    def _alarm_check(alarms: AlarmService) -> Check:
+        state = alarms.state
         if state == "running":
             return OK
         if state == "starting":
             return Check("starting", "loading alarms from the entity store", None)
         return Check("unavailable", "the alarm service is shutting down", None)
 
-    def _sandbox(self) -> Check:
-        alive = getattr(self._sandboxes, "zygote_alive", True)
+    @staticmethod
+    def _sandbox(sandboxes: SandboxFactory) -> Check:
+        alive = getattr(sandboxes, "zygote_alive", True)
         if alive is None:
             return Check("starting", "the sandbox zygote has not started yet", None)
         if alive:

@@ -28,7 +28,7 @@ from squall.controller.errors import (
 )
 from squall.controller.http import error_response, json_response, new_transaction_id
 from squall.errors import DependencyUnavailable
-from squall.ops.metrics import Sources
+from squall.ops.metrics import StandaloneSources
 from squall.ui.history import History
 from squall.ui.views import alarms_view, system_view
 
@@ -58,7 +58,7 @@ _TYPES = {
 View = Callable[[Identity], dict[str, object]]
 
 
-def ui_routes(auth: Authenticator, sources: Sources) -> list[BaseRoute]:
+def ui_routes(auth: Authenticator, sources: StandaloneSources) -> list[BaseRoute]:
     """The routes to add to the controller's router (one mount point: `/ui`)."""
     history = History()
     index = (STATIC_DIR / "index.html").read_bytes()

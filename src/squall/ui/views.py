@@ -8,7 +8,7 @@ from typing import Any
 from squall.alarms import Alarm, AlarmService, FireOutcome, FireRecord
 from squall.alarms.model import js_iso
 from squall.ops.counters import STATUS_NAMES
-from squall.ops.metrics import Sources
+from squall.ops.metrics import StandaloneSources
 from squall.ui.history import History
 from squall.ui.words import schedule_in_words
 
@@ -73,7 +73,7 @@ def describe_event(record: FireRecord) -> dict[str, Any]:
     return {"tick": js_iso(record.tick), "what": what, "activationId": record.activation_id}
 
 
-def system_view(sources: Sources, history: History) -> dict[str, Any]:
+def system_view(sources: StandaloneSources, history: History) -> dict[str, Any]:
     """Readiness (the `/readyz` data), queues, containers, prewarm pool, totals and history."""
     ready, readiness = sources.readiness.report()
     queues, queued, creating = sources.scheduler.queue_stats()
