@@ -127,6 +127,9 @@ def test_chart_settings_are_settings_squall_knows() -> None:
     names = set(by_kind(manifests)["ConfigMap"][0]["data"])
     for workload in by_kind(manifests)["Deployment"]:
         names |= {e["name"] for c in containers(workload) for e in c["env"]}
+    # The pod's own name and IP are read by the Downward API into the member id and URL.
+    assert {"POD_NAME", "POD_IP", "SQUALL_CLUSTER_ID", "SQUALL_CLUSTER_URL"} <= names
+    names -= {"POD_NAME", "POD_IP"}
     assert names and names <= known
 
 

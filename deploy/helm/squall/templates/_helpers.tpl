@@ -65,6 +65,21 @@ app.kubernetes.io/component: {{ .role }}
   env:
     - name: SQUALL_PORT
       value: {{ .root.Values.port | quote }}
+    {{- if eq .root.Values.mode "cluster" }}
+    # A member is its pod: its name is the member id, its IP where the others reach it.
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: POD_IP
+      valueFrom: {fieldRef: {fieldPath: status.podIP}}
+    - name: SQUALL_CLUSTER_ID
+      value: "$(POD_NAME)"
+    - name: SQUALL_CLUSTER_URL
+      value: "http://$(POD_IP):{{ .root.Values.port }}"
+    {{- with .root.Values.cluster.token }}
+    - name: SQUALL_CLUSTER_TOKEN
+      valueFrom: {secretKeyRef: {name: {{ .existingSecret }}, key: {{ .key }}}}
+    {{- end }}
+    {{- end }}
     {{- include "squall.secretEnv" .root | nindent 4 }}
   {{- if .probes }}
   ports:
