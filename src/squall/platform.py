@@ -265,6 +265,9 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         controller_id=member_ids["controller" if "controller" in roles else "scheduler"],
         route=None if one_process else placement.scheduler_for,
     )
+    if not one_process:  # each controller (or scheduler, for alarm fires) admits its share
+        sharing = "controller" if "controller" in roles else "scheduler"
+        controller.throttles.share = lambda: len(placement.live(sharing)) or 1
     auth = Authenticator(
         entities,
         FailureThrottle(burst=limits.auth_failure_burst),

@@ -16,7 +16,7 @@ Throttles (one controller's view, as in OpenWhisk, where each controller counts 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -224,6 +224,9 @@ class Throttles:
         self._fires = PerMinuteCounter()
         self._in_flight = InFlight()
         self._concurrency: dict[str, int] = {}  # the last concurrent limit seen per namespace
+        # How many processes enforce these limits side by side, each on its own counts: each
+        # admits its share, as OpenWhisk's controllers divide limits by the cluster size.
+        self.share: Callable[[], int] = lambda: 1
 
     def limits(self, stored: Mapping[str, Any]) -> NamespaceLimits:
         return NamespaceLimits.resolve(self.system, stored)
@@ -239,11 +242,16 @@ class Throttles:
         limits = self.limits(stored)
         self._concurrency[namespace] = limits.concurrent_invocations
         limits.check_kind(kind, self.kind_aliases)
-        self._invocations.admit(namespace, limits.invocations_per_minute)
+        self._invocations.admit(namespace, self._part(limits.invocations_per_minute))
         in_flight = self._in_flight.count(namespace)
-        if in_flight >= limits.concurrent_invocations:
-            raise ApiError(429, too_many_concurrent(in_flight, limits.concurrent_invocations))
+        concurrent = self._part(limits.concurrent_invocations)
+        if in_flight >= concurrent:
+            raise ApiError(429, too_many_concurrent(in_flight, concurrent))
         self._in_flight.add(namespace, activation_id, timeout_ms)
+
+    def _part(self, limit: int) -> int:
+        share = self.share()
+        return limit if share <= 1 else max(1, limit // share)
 
     def completed(self, activation_id: str) -> None:
         """An activation's completion arrived: it is no longer in flight."""
@@ -251,7 +259,7 @@ class Throttles:
 
     def admit_fire(self, namespace: str, stored: Mapping[str, Any]) -> None:
         """Count one trigger fire; 429 over the namespace's fires per minute."""
-        self._fires.admit(namespace, self.limits(stored).fires_per_minute)
+        self._fires.admit(namespace, self._part(self.limits(stored).fires_per_minute))
 
     def in_flight(self, namespace: str) -> int:
         return self._in_flight.count(namespace)
