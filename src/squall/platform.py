@@ -266,7 +266,7 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         route=None if one_process else placement.scheduler_for,
     )
     if not one_process:  # each controller (or scheduler, for alarm fires) admits its share
-        sharing = "controller" if "controller" in roles else "scheduler"
+        sharing: Role = "controller" if "controller" in roles else "scheduler"
         controller.throttles.share = lambda: len(placement.live(sharing)) or 1
     auth = Authenticator(
         entities,
