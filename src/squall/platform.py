@@ -161,7 +161,7 @@ def build_platform(settings: Settings) -> Platform:
     invoker = InvokerService(
         bus=bus,
         factory=sandboxes,
-        endpoint=scheduler,
+        endpoint_for=lambda _scheduler_id: scheduler,
         activations=activations,
         settings=settings.invoker,
         limits=limits,
