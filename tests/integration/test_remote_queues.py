@@ -164,8 +164,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     )
     port = free_port()
     app = Starlette(routes=queue_routes(scheduler, TOKEN))
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="none",
-                                    lifespan="off", log_config=None, log_level="warning"))  # fmt: skip
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", lifespan="off",
+                            log_config=None, log_level="warning")  # fmt: skip
+    server = _Server(config)
     for component in (bus, activations, factory, scheduler):
         await component.start()
     serving = asyncio.create_task(server.serve())
@@ -244,10 +245,10 @@ async def test_the_endpoint_wants_the_token_and_a_well_formed_body(cluster: Clus
                                      json=None if content is not None else body)  # fmt: skip
             assert answer.status_code == 400, (body, answer.text)
             assert set(answer.json()) == {"error", "code"}
-        started = await http.post(f"{cluster.url}{INTERNAL_PREFIX}/queues/creation-failed",
-                                  headers=auth, json={"queue": good["queue"], "creation_id": "x",
-                                                      "error": "e", "developer": "yes"})  # fmt: skip
-        assert started.status_code == 400
+        failed = {"queue": good["queue"], "creation_id": "x", "error": "e", "developer": "yes"}
+        answer = await http.post(f"{cluster.url}{INTERNAL_PREFIX}/queues/creation-failed",
+                                 headers=auth, json=failed)  # fmt: skip
+        assert answer.status_code == 400
         # Well formed, but no such queue: 410 tells the container to stop.
         gone = await http.post(fetch, headers=auth, json=good)
         assert gone.status_code == 410 and "gone" in gone.json()["error"]
@@ -328,3 +329,75 @@ async def test_creations_pending_on_a_dead_invoker_are_made_again(cluster: Clust
     assert done.record["response"]["result"]["n"] == 1
     assert survivor.container_count() == 1
     assert cluster.scheduler.queue_stats()[2] == 0
+
+
+# -- long polls whose caller is gone ---------------------------------------------------------------
+
+
+async def fetch_over_http(
+    http: httpx.AsyncClient, cluster: Cluster, container_id: str, timeout_s: float
+) -> httpx.Response:
+    body = {"queue": queue_key_json(KEY), "container_id": container_id,
+            "last_duration_ms": None, "timeout_s": timeout_s}  # fmt: skip
+    return await http.post(f"{cluster.url}{INTERNAL_PREFIX}/queues/fetch", json=body,
+                           headers={"authorization": f"Bearer {TOKEN}"})  # fmt: skip
+
+
+def parked(cluster: Cluster) -> int:
+    return sum(q.idle_waiters() for q in cluster.scheduler._queues.values())
+
+
+async def test_an_abandoned_long_poll_gets_no_activation(cluster: Cluster) -> None:
+    cluster.choice[0] = "invoker9"  # nobody: the test's HTTP calls are the only container
+    first = message(action(), 1, n=1)
+    cluster.scheduler.accept(first)
+    async with httpx.AsyncClient(timeout=30) as http:
+        taken = await fetch_over_http(http, cluster, "invoker9/c1", 0)
+        assert taken.status_code == 200
+        assert taken.json()["message"]["activation_id"] == first.activation_id
+        assert "code" not in taken.json()["message"]["action"]["exec"]
+        polling = asyncio.create_task(fetch_over_http(http, cluster, "invoker9/c1", 30))
+        await until(lambda: parked(cluster) == 1, "the long poll parking")
+        polling.cancel()  # the caller goes away: its connection closes
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
+        await until(lambda: parked(cluster) == 0, "the scheduler noticing the closed connection")
+        second = message(action(), 1, n=2)
+        cluster.scheduler.accept(second)
+        assert cluster.scheduler.queue_stats()[1] == 1  # queued, not handed to a closed socket
+        again = await fetch_over_http(http, cluster, "invoker9/c1", 0)
+        assert again.json()["message"]["activation_id"] == second.activation_id
+
+
+async def test_a_long_poll_of_a_gone_invoker_is_told_to_stop(cluster: Cluster) -> None:
+    cluster.choice[0] = "invoker7"
+    cluster.scheduler.accept(message(action(), 1, n=1))
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await fetch_over_http(http, cluster, "invoker7/c1", 0)).status_code == 200
+        polling = asyncio.create_task(fetch_over_http(http, cluster, "invoker7/c1", 30))
+        await until(lambda: parked(cluster) == 1, "the long poll parking")
+        cluster.scheduler.invoker_gone("invoker7")
+        assert (await polling).status_code == 410
+
+
+async def test_an_activation_a_stopped_container_never_received_waits_again(
+    cluster: Cluster,
+) -> None:
+    cluster.choice[0] = "invoker9"
+    stopped = f"{cluster.url}{INTERNAL_PREFIX}/queues/stopped"
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        for received in (True, False):
+            sent = message(action(), 1, n=1)
+            cluster.scheduler.accept(sent)
+            taken = await fetch_over_http(http, cluster, "invoker9/c1", 0)
+            assert taken.json()["message"]["activation_id"] == sent.activation_id
+            # The container reports what it was last handed: the one it ran, or an earlier one
+            # (the answer carrying this one was lost with its connection).
+            last = sent.activation_id if received else None
+            body = {"queue": queue_key_json(KEY), "container_id": "invoker9/c1",
+                    "last_received": last}  # fmt: skip
+            assert (await http.post(stopped, json=body, headers=auth)).status_code == 204
+            assert cluster.scheduler.queue_stats()[1] == (0 if received else 1)
+        again = await fetch_over_http(http, cluster, "invoker9/c2", 0)
+        assert again.json()["message"]["activation_id"] == sent.activation_id

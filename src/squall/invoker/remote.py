@@ -88,10 +88,12 @@ class RemoteQueueEndpoint:
                 "container_id": container_id}  # fmt: skip
         self._notify(STARTED_PATH, body)
 
-    def container_stopped(self, key: QueueKey, container_id: str) -> None:
-        self._notify(
-            STOPPED_PATH, {"queue": codec.queue_key_json(key), "container_id": container_id}
-        )
+    def container_stopped(
+        self, key: QueueKey, container_id: str, last_received: str | None
+    ) -> None:
+        body = {"queue": codec.queue_key_json(key), "container_id": container_id,
+                "last_received": last_received}  # fmt: skip
+        self._notify(STOPPED_PATH, body)
 
     def creation_failed(self, key: QueueKey, creation_id: str, error: str, developer: bool) -> None:
         self._notify(CREATION_FAILED_PATH, {"queue": codec.queue_key_json(key),

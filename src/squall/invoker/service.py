@@ -46,6 +46,7 @@ class _Container:
     task: asyncio.Task[None] | None = None
     parked: bool = False
     activations: int = 0
+    last_received: str | None = None  # the id of the last activation it was handed
     sandbox: Sandbox | None = field(default=None, repr=False)
 
 
@@ -176,7 +177,9 @@ class InvokerService:
             pass
         finally:
             self._containers.pop(container.container_id, None)
-            container.endpoint.container_stopped(creation.queue, container.container_id)
+            container.endpoint.container_stopped(
+                creation.queue, container.container_id, container.last_received
+            )
             await asyncio.shield(sandbox.destroy())
 
     async def _serve(self, container: _Container, sandbox: Sandbox) -> None:
@@ -191,6 +194,7 @@ class InvokerService:
             container.parked = False
             if message is None:
                 return  # idle for too long: give the memory back
+            container.last_received = message.activation_id
             TRANSACTION.set(message.transaction_id)
             # Messages from another process carry no code: run the action this container was
             # made for (the same revision, as the queue key says).

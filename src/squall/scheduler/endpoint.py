@@ -4,7 +4,7 @@ over HTTP): the `QueueEndpoint` methods of `SchedulerService` for other processe
     POST /internal/v1/queues/fetch            {queue, container_id, last_duration_ms, timeout_s}
          200 {"message": <activation>} | 204 nothing within timeout_s | 410 the queue is gone
     POST /internal/v1/queues/started          {queue, creation_id, container_id}      204 | 410
-    POST /internal/v1/queues/stopped          {queue, container_id}                   204
+    POST /internal/v1/queues/stopped          {queue, container_id, last_received}    204
     POST /internal/v1/queues/creation-failed  {queue, creation_id, error, developer}  204
 
 `queue` is `codec.queue_key_json`; the activation is `codec.to_json` (without its code: the
@@ -84,7 +84,10 @@ def _started(scheduler: SchedulerService) -> Handler:
 def _stopped(scheduler: SchedulerService) -> Handler:
     async def stopped(request: Request) -> Response:
         body = await _body(request)
-        scheduler.container_stopped(_queue(body), _text(body, "container_id"))
+        last = body.get("last_received")
+        if last is not None and not isinstance(last, str):
+            raise ValueError("last_received must be an activation id or null")
+        scheduler.container_stopped(_queue(body), _text(body, "container_id"), last)
         return Response(status_code=NO_CONTENT)
 
     return stopped

@@ -251,8 +251,14 @@ class SchedulerService:
         queue.creations.pop(creation_id, None)
         queue.containers.add(container_id)
 
-    def container_stopped(self, key: QueueKey, container_id: str) -> None:
-        self._in_flight.pop(container_id, None)  # it stops after finishing what it ran
+    def container_stopped(
+        self, key: QueueKey, container_id: str, last_received: str | None
+    ) -> None:
+        handed = self._in_flight.pop(container_id, None)
+        if handed is not None and handed.activation_id != last_received:
+            # Taken for it, but the answer never reached it (its connection dropped with the
+            # answer in flight): it never ran, so it waits again, first in line.
+            self._put_back(key, container_id, handed)
         queue = self._queues.get((key.invocation_namespace, key.action_path))
         if queue is not None and queue.key == key:
             queue.containers.discard(container_id)
