@@ -56,7 +56,7 @@ def _fetch(scheduler: SchedulerService) -> Handler:
         timeout_s = _number(body.get("timeout_s"), "timeout_s", 0, MAX_FETCH_TIMEOUT_S)
         try:
             message = await scheduler.fetch_remote(
-                key, container_id, last_ms, timeout_s, request.receive()
+                key, container_id, last_ms, timeout_s, _disconnected(request)
             )
         except QueueGone as exc:
             return _gone(exc)
@@ -65,6 +65,12 @@ def _fetch(scheduler: SchedulerService) -> Handler:
         return json_reply({"message": codec.to_json(message)})
 
     return fetch
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the caller's connection closes (the body was read: nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _started(scheduler: SchedulerService) -> Handler:
