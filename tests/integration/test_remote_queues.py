@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,7 +27,7 @@ from squall.config import InvokerSettings, SchedulerSettings, SystemLimits
 from squall.coordination.local import LocalCoordinator
 from squall.entities.action import Action, build_action
 from squall.entities.activation import WHISK_ERROR
-from squall.invoker.remote import RemoteEndpoints
+from squall.invoker.remote import RemoteEndpoints, RemoteQueueEndpoint
 from squall.invoker.service import InvokerService
 from squall.messages import (
     ActivationMessage,
@@ -95,17 +96,19 @@ class Cluster:
     reachable: dict[str, bool] = field(default_factory=dict)  # invoker id -> can reach it
     endpoints: list[RemoteEndpoints] = field(default_factory=list)
 
-    async def add_invoker(self, invoker_id: str) -> InvokerService:
+    async def add_invoker(
+        self, invoker_id: str, url_for: Callable[[str], str | None] | None = None, **knobs: Any
+    ) -> InvokerService:
         """An invoker whose endpoints find the scheduler while `reachable[invoker_id]`."""
         self.reachable[invoker_id] = True
-        endpoints = RemoteEndpoints(self._url_for(invoker_id), self.client)
+        endpoints = RemoteEndpoints(url_for or self._url_for(invoker_id), self.client)
         self.endpoints.append(endpoints)
         invoker = InvokerService(
             bus=self.bus,
             factory=self.factory,
             endpoint_for=endpoints,
             activations=self.activations,
-            settings=replace(InvokerSettings(), prewarm_count=0),
+            settings=replace(InvokerSettings(), prewarm_count=0, **knobs),
             limits=SystemLimits(),
             api_host="http://127.0.0.1:1",
             invoker_id=invoker_id,
@@ -216,6 +219,9 @@ async def test_warm_activations_flow_over_http_and_complete(cluster: Cluster) ->
     assert {r["v"] for r in results} == {1}
     assert len({r["pid"] for r in results}) == 1  # one warm container served them all
     assert invoker.container_count() == 1
+    # Its `started` went over HTTP too: the scheduler counts it.
+    (queue,) = cluster.scheduler._queues.values()
+    await until(lambda: queue.containers == set(invoker._containers), "the started notification")
 
 
 async def test_the_endpoint_wants_the_token_and_a_well_formed_body(cluster: Cluster) -> None:
@@ -401,3 +407,52 @@ async def test_an_activation_a_stopped_container_never_received_waits_again(
             assert cluster.scheduler.queue_stats()[1] == (0 if received else 1)
         again = await fetch_over_http(http, cluster, "invoker9/c2", 0)
         assert again.json()["message"]["activation_id"] == sent.activation_id
+
+
+# -- a scheduler that hangs; notifications that cannot go ------------------------------------------
+
+
+async def test_a_hung_scheduler_ends_its_containers_after_the_fetch_timeout(
+    cluster: Cluster,
+) -> None:
+    # Accepts connections and reads requests, never answers: a SIGSTOPped scheduler.
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    hung = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    try:
+        invoker = await cluster.add_invoker(
+            "invoker0", lambda _id: f"http://127.0.0.1:{port}", idle_container_s=0.5
+        )
+        started = time.monotonic()
+        invoker.create_container(ContainerCreation("c", KEY, action(), "scheduler0"))
+        await until(lambda: invoker.container_count() == 0, "the hung fetch's end")
+        # 0.5 s asked of the scheduler, plus the grace the HTTP call gives it.
+        assert 2.0 < time.monotonic() - started < 2.5 + 3
+    finally:
+        hung.close()
+
+
+async def test_notifications_are_bounded_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens: every call is refused
+    client = InternalClient(TOKEN)
+    endpoint = RemoteQueueEndpoint("scheduler0", lambda _id: nowhere, client, max_pending=2)
+    try:
+        with caplog.at_level(logging.INFO, logger="squall.invoker"):
+            for n in range(6):
+                endpoint.container_stopped(KEY, f"invoker0/c{n}", None)
+            started = time.monotonic()
+            await endpoint.close()
+        assert time.monotonic() - started < 3
+    finally:
+        await client.close()
+    full = [r for r in caplog.records if "not taking notifications" in r.getMessage()]
+    dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(full) == 1  # once for the episode, not once per notification
+    assert len(dropped) == 2  # the two the backlog held were tried, in order, and failed
