@@ -35,7 +35,7 @@ FETCH_GRACE_S = 2.0
 MAX_PENDING_NOTIFICATIONS = 1000
 CLOSE_DRAIN_S = 2.0
 
-UrlFor = Callable[[str], "str | None"]
+UrlFor = Callable[[str], str | None]
 
 
 class RemoteQueueEndpoint:

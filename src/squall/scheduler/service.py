@@ -42,7 +42,7 @@ log = logging.getLogger("squall.scheduler")
 TOO_MANY_IN_FLIGHT = "Too many concurrent requests in flight."
 INVOKER_GONE = "The invoker running the activation stopped before it finished."
 
-InvokerChoice = Callable[[Action], "str | None"]
+InvokerChoice = Callable[[Action], str | None]
 
 
 def only_invoker(_action: Action) -> str:
