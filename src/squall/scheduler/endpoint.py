@@ -27,8 +27,9 @@ from squall.errors import QueueGone
 from squall.messages import QueueKey
 from squall.scheduler.service import SchedulerService
 
-# A fetch holds a request open at most this long, whatever the invoker asks: it bounds what a
-# stuck container keeps parked here (invokers ask for their idle timeout, 600 s by default).
+# A fetch holds a request open at most this long, whatever the invoker asks (its idle timeout,
+# 600 s by default): it bounds what a stuck container keeps parked here. A longer ask is served
+# for this long, and its 204 ends the container as an idle one, a little early.
 MAX_FETCH_TIMEOUT_S = 600.0
 NO_CONTENT = 204
 
@@ -53,7 +54,8 @@ def _fetch(scheduler: SchedulerService) -> Handler:
         key, container_id = _queue(body), _text(body, "container_id")
         last = body.get("last_duration_ms")
         last_ms = None if last is None else _number(last, "last_duration_ms", 0, math.inf)
-        timeout_s = _number(body.get("timeout_s"), "timeout_s", 0, MAX_FETCH_TIMEOUT_S)
+        timeout_s = min(_number(body.get("timeout_s"), "timeout_s", 0, math.inf),
+                        MAX_FETCH_TIMEOUT_S)  # fmt: skip
         try:
             message = await scheduler.fetch_remote(
                 key, container_id, last_ms, timeout_s, _disconnected(request)
