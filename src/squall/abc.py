@@ -497,8 +497,11 @@ class QueueEndpoint(Protocol):
     def container_started(self, key: QueueKey, creation_id: str, container_id: str) -> None:
         """A created container is ready and pulling."""
 
-    def container_stopped(self, key: QueueKey, container_id: str) -> None:
-        """A container went away (idle, evicted, crashed)."""
+    def container_stopped(
+        self, key: QueueKey, container_id: str, last_received: str | None
+    ) -> None:
+        """A container went away (idle, evicted, crashed). `last_received` is the id of the last
+        activation it was handed (None: none): one handed over after that never reached it."""
 
     def creation_failed(self, key: QueueKey, creation_id: str, error: str, developer: bool) -> None:
         """A container could not be created."""

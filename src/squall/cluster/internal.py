@@ -63,9 +63,16 @@ def _token_matches(request: Request, token: str) -> bool:
 class InternalClient:
     """Calls to other members' internal endpoints over one pooled HTTP client."""
 
-    def __init__(self, token: str | None, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, token: str | None, *, timeout_s: float = 5.0, max_connections: int | None = 100
+    ) -> None:
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(headers=headers, timeout=timeout_s)
+        # An invoker holds one long-poll fetch per parked container: it lifts the pool bound
+        # (max_connections None), which its memory budget bounds instead.
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._http = httpx.AsyncClient(headers=headers, timeout=timeout_s, limits=limits)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -1,4 +1,9 @@
-"""The invoker role: starts containers when the scheduler asks, each pulling from its queue."""
+"""The invoker role: starts containers when a scheduler asks, each pulling from its queue.
+
+Each container talks to the scheduler that asked for it (`ContainerCreation.scheduler_id`),
+through the `QueueEndpoint` that `endpoint_for` gives for that id: the scheduler object itself
+in one process, `invoker/remote.py` across processes.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +42,11 @@ class _Container:
     container_id: str
     creation: ContainerCreation
     memory_mb: int
+    endpoint: QueueEndpoint  # of the scheduler that asked for it
     task: asyncio.Task[None] | None = None
     parked: bool = False
     activations: int = 0
+    last_received: str | None = None  # the id of the last activation it was handed
     sandbox: Sandbox | None = field(default=None, repr=False)
 
 
@@ -50,15 +58,15 @@ class InvokerService:
         *,
         bus: MessageBus,
         factory: SandboxFactory,
-        endpoint: QueueEndpoint,
+        endpoint_for: Callable[[str], QueueEndpoint],
         activations: ActivationStore,
         settings: InvokerSettings,
         limits: SystemLimits,
         api_host: str,
-        invoker_id: str = "invoker0",
+        invoker_id: str = INVOKER_TOPIC,
         runtimes: Manifest | None = None,
     ) -> None:
-        self._bus, self._factory, self._endpoint = bus, factory, endpoint
+        self._bus, self._factory, self._endpoint_for = bus, factory, endpoint_for
         self._activations, self._settings, self._limits = activations, settings, limits
         self._api_host, self.invoker_id = api_host, invoker_id
         self._containers: dict[str, _Container] = {}
@@ -68,7 +76,8 @@ class InvokerService:
 
     async def start(self) -> None:
         await self.prewarm.start()
-        self._subscription = self._bus.subscribe(INVOKER_TOPIC, self.invoker_id, self._received)
+        # Schedulers publish a container creation to the topic named after the chosen invoker.
+        self._subscription = self._bus.subscribe(self.invoker_id, self.invoker_id, self._received)
 
     def _store_record(self, record: dict[str, Any]) -> None:
         # A full buffer (the store unreachable for long) refuses the record loudly; the caller
@@ -114,15 +123,18 @@ class InvokerService:
 
     def create_container(self, creation: ContainerCreation) -> None:
         memory = creation.action.limits.memory
+        endpoint = self._endpoint_for(creation.scheduler_id)
         if not self._make_room(memory):
-            self._endpoint.creation_failed(
+            endpoint.creation_failed(
                 creation.queue,
                 creation.creation_id,
                 "No invoker has enough free memory for the action.",
                 developer=False,
             )
             return
-        container = _Container(f"{self.invoker_id}/c{next(self._ids)}", creation, memory)
+        container = _Container(
+            f"{self.invoker_id}/c{next(self._ids)}", creation, memory, endpoint
+        )
         self._containers[container.container_id] = container
         container.task = asyncio.create_task(self._run_container(container))
 
@@ -151,11 +163,13 @@ class InvokerService:
         except Exception as exc:
             log.warning("container creation for %s failed: %s", creation.queue, exc)
             self._containers.pop(container.container_id, None)
-            self._endpoint.creation_failed(creation.queue, creation.creation_id, str(exc), False)
+            container.endpoint.creation_failed(
+                creation.queue, creation.creation_id, str(exc), False
+            )
             return
         container.sandbox = sandbox
         try:
-            self._endpoint.container_started(
+            container.endpoint.container_started(
                 creation.queue, creation.creation_id, container.container_id
             )
             await self._serve(container, sandbox)
@@ -163,21 +177,28 @@ class InvokerService:
             pass
         finally:
             self._containers.pop(container.container_id, None)
-            self._endpoint.container_stopped(creation.queue, container.container_id)
+            container.endpoint.container_stopped(
+                creation.queue, container.container_id, container.last_received
+            )
             await asyncio.shield(sandbox.destroy())
 
     async def _serve(self, container: _Container, sandbox: Sandbox) -> None:
-        key = container.creation.queue
+        key, action = container.creation.queue, container.creation.action
+        endpoint = container.endpoint
         last_duration: float | None = None
         while True:
             container.parked = True
-            message = await self._endpoint.fetch(
+            message = await endpoint.fetch(
                 key, container.container_id, last_duration, self._settings.idle_container_s
             )
             container.parked = False
             if message is None:
                 return  # idle for too long: give the memory back
+            container.last_received = message.activation_id
             TRANSACTION.set(message.transaction_id)
+            # Messages from another process carry no code: run the action this container was
+            # made for (the same revision, as the queue key says).
+            message.action = action
             executed = await execute(
                 sandbox,
                 message,

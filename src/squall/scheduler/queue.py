@@ -21,6 +21,14 @@ class _Entry:
     message: ActivationMessage
 
 
+@dataclass(slots=True, frozen=True)
+class PendingCreation:
+    """A container asked of an invoker that has not reported it started yet."""
+
+    invoker_id: str
+    started: float  # monotonic seconds
+
+
 @dataclass(slots=True)
 class MemoryQueue:
     """Waiting activations, parked containers, and the container counts the decisions need."""
@@ -33,7 +41,7 @@ class MemoryQueue:
     entries: deque[_Entry] = field(default_factory=deque)
     waiters: deque[asyncio.Future[ActivationMessage | None]] = field(default_factory=deque)
     containers: set[str] = field(default_factory=set)
-    creations: dict[str, float] = field(default_factory=dict)  # creation id -> monotonic start
+    creations: dict[str, PendingCreation] = field(default_factory=dict)  # by creation id
     durations: deque[float] = field(default_factory=deque)
     # The activation store's average for this action when the queue was created: what the
     # decisions use until a container reports its own durations.
@@ -81,8 +89,11 @@ class MemoryQueue:
         if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
             return
         message = waiter.result()
-        if message is None:
-            return
+        if message is not None:
+            self.put_back(message)
+
+    def put_back(self, message: ActivationMessage) -> None:
+        """Return a message a container was handed but never got: first in line again."""
         self.entries.appendleft(_Entry(time.monotonic(), message))
         while self.waiters and self.entries:
             other = self.waiters.popleft()

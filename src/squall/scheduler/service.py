@@ -1,7 +1,8 @@
 """The scheduler role: consumes activations, keeps a queue per action, decides on containers.
 
 It also answers the invokers' containers when they pull work (`fetch`), the in-process form of
-OpenWhisk's FetchActivation; in a cluster the same methods sit behind the scheduler's endpoint.
+OpenWhisk's FetchActivation; in a cluster the same methods sit behind the scheduler's endpoint
+(`scheduler/endpoint.py`), and `invoker_gone` settles what a dead invoker was running.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from squall.abc import ActivationStore, Coordinator, MessageBus
 from squall.config import SchedulerSettings
+from squall.entities.action import Action
 from squall.entities.activation import (
     DEVELOPER_ERROR,
     WHISK_ERROR,
@@ -33,11 +35,19 @@ from squall.messages import (
 )
 from squall.ops.counters import ActivationCounts
 from squall.scheduler.decision import QueueSnapshot, decide
-from squall.scheduler.queue import MemoryQueue
+from squall.scheduler.queue import MemoryQueue, PendingCreation
 
 log = logging.getLogger("squall.scheduler")
 
 TOO_MANY_IN_FLIGHT = "Too many concurrent requests in flight."
+INVOKER_GONE = "The invoker running the activation stopped before it finished."
+
+InvokerChoice = Callable[[Action], str | None]
+
+
+def only_invoker(_action: Action) -> str:
+    """Standalone's choice: its one invoker, which consumes the topic named after it."""
+    return INVOKER_TOPIC
 
 __all__ = ["QueueGone", "SchedulerService"]
 
@@ -54,14 +64,24 @@ class SchedulerService:
         settings: SchedulerSettings,
         namespace_limit: Callable[[str], int],
         scheduler_id: str = "scheduler0",
+        choose_invoker: InvokerChoice = only_invoker,
     ) -> None:
         self._bus, self._coordinator, self._activations = bus, coordinator, activations
         self._settings = settings
         self._namespace_limit = namespace_limit
         self.scheduler_id = scheduler_id
+        # Which invoker gets a new container (its id is also its topic); None: none can now,
+        # the next tick asks again.
+        self._choose_invoker = choose_invoker
         self._queues: dict[tuple[str, str], MemoryQueue] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._lookups: set[asyncio.Task[None]] = set()
+        # The activation each container was last handed, until it asks again or stops: what
+        # fails with a record when its invoker dies (container ids are `{invoker_id}/c{n}`).
+        self._in_flight: dict[str, ActivationMessage] = {}
+        # Fetches of containers in other processes, parked here: cancelled when their invoker
+        # is declared gone, so no activation is handed to a container that is no more.
+        self._remote_fetches: dict[str, asyncio.Future[ActivationMessage | None]] = {}
         # Why the activation store cannot answer duration statistics (None when it can): the
         # scheduler then decides on the durations invokers report, and readiness is degraded.
         self.durations_degraded: str | None = None
@@ -174,20 +194,71 @@ class SchedulerService:
         self, key: QueueKey, container_id: str, last_duration_ms: float | None, timeout_s: float
     ) -> ActivationMessage | None:
         """The next activation for a container of `key`; QueueGone when it should stop."""
+        self._in_flight.pop(container_id, None)  # it asks again: its last activation ended
         queue = self._live_queue(key)
         message = await queue.fetch(last_duration_ms, timeout_s)
+        if message is not None:
+            self._in_flight[container_id] = message
         if queue.throttled and len(queue.entries) <= (
             self._settings.max_retention_size * self._settings.throttling_fraction
         ):
             self._throttle(queue, False)
         return message
 
+    async def fetch_remote(
+        self,
+        key: QueueKey,
+        container_id: str,
+        last_duration_ms: float | None,
+        timeout_s: float,
+        disconnected: Awaitable[object],
+    ) -> ActivationMessage | None:
+        """`fetch` for a container in another process, given an awaitable that completes when
+        its connection drops: an activation taken for a caller that is gone goes back to the
+        queue's head instead of into a closed socket. QueueGone also when the container's
+        invoker was declared gone while it waited."""
+        fetching = asyncio.ensure_future(self.fetch(key, container_id, last_duration_ms, timeout_s))
+        watching = asyncio.ensure_future(disconnected)
+        self._remote_fetches[container_id] = fetching
+        try:
+            await asyncio.wait((fetching, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            if self._remote_fetches.get(container_id) is fetching:
+                del self._remote_fetches[container_id]
+            if not fetching.done():
+                fetching.cancel()  # the queue gives a message it had handed over back
+                await asyncio.wait((fetching,))
+        if fetching.cancelled():
+            raise QueueGone(f"{key}: the invoker of {container_id} is gone")
+        message = fetching.result()
+        if watching.done() and not watching.cancelled() and message is not None:
+            self._put_back(key, container_id, message)
+            return None
+        return message
+
+    def _put_back(self, key: QueueKey, container_id: str, message: ActivationMessage) -> None:
+        if self._in_flight.get(container_id) is message:
+            del self._in_flight[container_id]
+        queue = self._queues.get((key.invocation_namespace, key.action_path))
+        if queue is not None and queue.key == key and not queue.removed:
+            queue.put_back(message)
+        else:  # its queue went meanwhile: whoever took its other entries took this one too
+            self.accept(message)
+
     def container_started(self, key: QueueKey, creation_id: str, container_id: str) -> None:
         queue = self._live_queue(key)
         queue.creations.pop(creation_id, None)
         queue.containers.add(container_id)
 
-    def container_stopped(self, key: QueueKey, container_id: str) -> None:
+    def container_stopped(
+        self, key: QueueKey, container_id: str, last_received: str | None
+    ) -> None:
+        handed = self._in_flight.pop(container_id, None)
+        if handed is not None and handed.activation_id != last_received:
+            # Taken for it, but the answer never reached it (its connection dropped with the
+            # answer in flight): it never ran, so it waits again, first in line.
+            self._put_back(key, container_id, handed)
         queue = self._queues.get((key.invocation_namespace, key.action_path))
         if queue is not None and queue.key == key:
             queue.containers.discard(container_id)
@@ -202,6 +273,30 @@ class SchedulerService:
         queue.creations.pop(creation_id, None)
         if developer and not queue.containers:
             self._fail_all(list(_drain(queue)), error, DEVELOPER_ERROR)
+
+    def invoker_gone(self, invoker_id: str) -> None:
+        """An invoker died (its membership key vanished): what ran there ends with a whisk
+        error record, its containers and pending creations are forgotten, and queues that
+        still hold activations get new containers elsewhere at once."""
+        prefix = f"{invoker_id}/"
+        for container_id in [c for c in self._in_flight if c.startswith(prefix)]:
+            message = self._in_flight.pop(container_id)
+            log.warning("activation %s was running on invoker %s, which is gone; failing it",
+                        message.activation_id, invoker_id)  # fmt: skip
+            self._fail(message, INVOKER_GONE, WHISK_ERROR)
+        for container_id, fetching in list(self._remote_fetches.items()):
+            if container_id.startswith(prefix):
+                fetching.cancel()
+        for queue in list(self._queues.values()):
+            lost = {c for c in queue.containers if c.startswith(prefix)}
+            creations = [i for i, c in queue.creations.items() if c.invoker_id == invoker_id]
+            if not lost and not creations:
+                continue
+            queue.containers -= lost
+            for creation_id in creations:
+                del queue.creations[creation_id]
+            if queue.entries:
+                self._schedule(queue)
 
     def _live_queue(self, key: QueueKey) -> MemoryQueue:
         queue = self._queues.get((key.invocation_namespace, key.action_path))
@@ -271,15 +366,17 @@ class SchedulerService:
         )
 
     def _create_container(self, queue: MemoryQueue) -> None:
-        creation_id = uuid.uuid4().hex
-        queue.creations[creation_id] = time.monotonic()
-        # The newest message's action is the revision this queue serves.
-        action = queue.entries[-1].message.action if queue.entries else None
-        if action is None:
-            queue.creations.pop(creation_id)
+        if not queue.entries:
             return
+        # The newest message's action is the revision this queue serves.
+        action = queue.entries[-1].message.action
+        invoker_id = self._choose_invoker(action)
+        if invoker_id is None:
+            return  # no invoker can take it now; the next tick decides again
+        creation_id = uuid.uuid4().hex
+        queue.creations[creation_id] = PendingCreation(invoker_id, time.monotonic())
         self._bus.publish(
-            INVOKER_TOPIC, ContainerCreation(creation_id, queue.key, action, self.scheduler_id)
+            invoker_id, ContainerCreation(creation_id, queue.key, action, self.scheduler_id)
         )
 
     # -- failing activations the scheduler cannot run ----------------------------------------
