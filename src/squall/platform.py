@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
@@ -23,7 +23,16 @@ from starlette.types import ASGIApp
 from squall.abc import ActivationStore, Coordinator, EntityStore, MessageBus, SandboxFactory
 from squall.alarms import AlarmService
 from squall.bus.memory import MemoryBus
-from squall.cluster.placement import ALL_ROLES, ROLES, Member, Placement, Role, default_member_id
+from squall.cluster.internal import InternalClient
+from squall.cluster.placement import (
+    ALL_ROLES,
+    ROLES,
+    Member,
+    MembersChanged,
+    Placement,
+    Role,
+    default_member_id,
+)
 from squall.config import Settings
 from squall.controller.app import build_app
 from squall.controller.auth import (
@@ -37,6 +46,7 @@ from squall.controller.feeds import AlarmFeeds
 from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
 from squall.errors import ConfigurationError, DependencyUnavailable, SquallError
+from squall.invoker.remote import RemoteEndpoints
 from squall.invoker.service import InvokerService
 from squall.ops.dependencies import DependencyMonitor, etcd_monitor, kafka_monitor
 from squall.ops.metrics import Sources, StandaloneSources, metrics_registry
@@ -44,6 +54,7 @@ from squall.ops.readiness import Check, Readiness, scrub, store_fix
 from squall.ops.routes import ops_routes
 from squall.runtimes import load_manifest
 from squall.sandbox.process import ProcessSandboxFactory
+from squall.scheduler.endpoint import queue_routes
 from squall.scheduler.service import SchedulerService
 from squall.stores import select
 from squall.stores.journal import JOURNAL_FILE, CrashJournal, JournaledBus
@@ -92,6 +103,8 @@ class Platform:
     readiness: Readiness
     app: ASGIApp
     members: list[Member] = field(default_factory=list)
+    # Clients of other members' internal endpoints: closed after the services that use them.
+    internal: list[Closable] = field(default_factory=list)
     journal: CrashJournal | None = None
     guest_auth: str = field(default="", repr=False)
     warnings: list[str] = field(default_factory=list)
@@ -126,6 +139,7 @@ class Platform:
         await self.readiness.start()  # its probe reads the stores, which are open now
         if self.runs("controller"):
             self.guest_auth = await ensure_guest(self.settings, self.entities)
+        self._started.extend(self.internal)
         for service in self._services():
             self._started.append(service)
             await service.start()
@@ -240,12 +254,17 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         # A namespace's own concurrent limit once the controller has seen it (its throttles).
         namespace_limit=lambda ns: controller.throttles.concurrent_limit(ns),
         scheduler_id=member_ids["scheduler"],
+        **scheduler_placement(placement, coordinator, one_process, member_ids["invoker"]),
     )
+    internal = InternalClient(settings.cluster.token, max_connections=None)
+    endpoints = RemoteEndpoints(lambda sid: placement.url_of("scheduler", sid), internal)
+    own_scheduler = member_ids["scheduler"] if "scheduler" in roles else None
     api_host = settings.api_host or f"http://{settings.host}:{settings.port}"
     invoker = InvokerService(
         bus=bus,
         factory=sandboxes,
-        endpoint_for=lambda _scheduler_id: scheduler,
+        # Its own process's scheduler in-process; any other over its internal endpoint.
+        endpoint_for=lambda sid: scheduler if sid == own_scheduler else endpoints(sid),
         activations=activations,
         settings=settings.invoker,
         limits=limits,
@@ -301,6 +320,9 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         readiness,
     )
     routes = ops_routes(readiness, metrics_registry(sources))
+    if "scheduler" in roles and not one_process:
+        routes += queue_routes(scheduler, settings.cluster.token)
+    placement.on_change(membership_listener(roles, scheduler))
     if roles == ALL_ROLES:  # the dashboard reads every role's state in-process
         full = StandaloneSources(activations, scheduler, invoker, alarms, readiness)
         routes += ui_routes(auth, full)
@@ -334,6 +356,7 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         readiness,
         app,
         members=[Member(role, member_ids[role], url) for role in ROLES if role in roles],
+        internal=[internal, endpoints],
         journal=journal,
         warnings=warnings,
     )
@@ -380,6 +403,30 @@ def advertised_url(settings: Settings) -> str:
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostbyname(socket.gethostname())
     return f"http://{host}:{settings.port}"
+
+
+def scheduler_placement(
+    placement: Placement, coordinator: Coordinator, one_process: bool, own_invoker: str
+) -> dict[str, Any]:
+    """How a scheduler picks invokers, finds its queues' owners and is fenced."""
+    if one_process:
+        return {"choose_invoker": lambda _action: own_invoker}
+    return {
+        "choose_invoker": lambda action: placement.choose_invoker(action.limits.memory),
+        "route": placement.scheduler_for,
+        "may_dispatch": lambda: coordinator.lease_valid,
+    }
+
+
+def membership_listener(roles: frozenset[Role], scheduler: SchedulerService) -> MembersChanged:
+    """What a change of members means for this process's roles."""
+
+    def changed(role: Role, joined: set[str], left: set[str]) -> None:
+        if role == "invoker" and "scheduler" in roles:
+            for invoker_id in left:  # what ran there ends with a record; waiting work moves
+                scheduler.invoker_gone(invoker_id)
+
+    return changed
 
 
 def membership_checks(

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,9 @@ class InvokerService:
         self._api_host, self.invoker_id = api_host, invoker_id
         self._containers: dict[str, _Container] = {}
         self._ids = itertools.count(1)
+        # Container ids differ between runs of one invoker id: a restarted invoker's `c1` is not
+        # taken by its schedulers for the `c1` its predecessor died with.
+        self._boot = secrets.token_hex(2)
         self.prewarm = PrewarmPools(stem_cell_pools(factory, runtimes, settings, limits))
         self.counts = ActivationCounts()  # read by the metrics collector at scrape time
 
@@ -133,7 +137,7 @@ class InvokerService:
             )
             return
         container = _Container(
-            f"{self.invoker_id}/c{next(self._ids)}", creation, memory, endpoint
+            f"{self.invoker_id}/{self._boot}c{next(self._ids)}", creation, memory, endpoint
         )
         self._containers[container.container_id] = container
         container.task = asyncio.create_task(self._run_container(container))

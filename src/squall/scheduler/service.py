@@ -26,7 +26,6 @@ from squall.errors import QueueGone, SquallError
 from squall.logs import TRANSACTION
 from squall.messages import (
     INVOKER_TOPIC,
-    SCHEDULER_TOPIC,
     ActivationMessage,
     Completion,
     ContainerCreation,
@@ -65,6 +64,8 @@ class SchedulerService:
         namespace_limit: Callable[[str], int],
         scheduler_id: str = "scheduler0",
         choose_invoker: InvokerChoice = only_invoker,
+        route: Callable[[QueueKey], str | None] | None = None,
+        may_dispatch: Callable[[], bool] | None = None,
     ) -> None:
         self._bus, self._coordinator, self._activations = bus, coordinator, activations
         self._settings = settings
@@ -73,6 +74,10 @@ class SchedulerService:
         # Which invoker gets a new container (its id is also its topic); None: none can now,
         # the next tick asks again.
         self._choose_invoker = choose_invoker
+        # In a cluster: which scheduler owns a queue now (activations for another's queue are
+        # passed on), and whether this one may still hand out work (its etcd lease is sure).
+        self._route = route
+        self._may_dispatch = may_dispatch
         self._queues: dict[tuple[str, str], MemoryQueue] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._lookups: set[asyncio.Task[None]] = set()
@@ -99,7 +104,10 @@ class SchedulerService:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._subscription = self._bus.subscribe(SCHEDULER_TOPIC, "scheduler", self._received)
+        # Its own topic (OpenWhisk's `scheduler{N}`); `scheduler0` in one process.
+        self._subscription = self._bus.subscribe(
+            self.scheduler_id, self.scheduler_id, self._received
+        )
         self._tasks = [asyncio.create_task(self._tick_forever(), name="scheduler-tick")]
 
     async def close(self) -> None:
@@ -116,8 +124,15 @@ class SchedulerService:
         self._queues.clear()
 
     def _received(self, message: object) -> None:
-        if isinstance(message, ActivationMessage):
-            self.accept(message)
+        if not isinstance(message, ActivationMessage):
+            return
+        if self._route is not None:
+            owner = self._route(message.queue_key)
+            if owner is not None and owner != self.scheduler_id:
+                # Sent before the membership changed: the queue lives elsewhere now.
+                self._bus.publish(owner, message)
+                return
+        self.accept(message)
 
     # -- activations -----------------------------------------------------------------------
 
@@ -196,6 +211,10 @@ class SchedulerService:
         """The next activation for a container of `key`; QueueGone when it should stop."""
         self._in_flight.pop(container_id, None)  # it asks again: its last activation ended
         queue = self._live_queue(key)
+        fenced = self._may_dispatch is not None and not self._may_dispatch()
+        # Without a sure lease another scheduler may own this queue by now: hold the container.
+        if fenced and self._may_dispatch and not await _wait_for(self._may_dispatch, timeout_s):
+            return None
         message = await queue.fetch(last_duration_ms, timeout_s)
         if message is not None:
             self._in_flight[container_id] = message
@@ -404,6 +423,15 @@ class SchedulerService:
             completed_topic(message.controller_id),
             Completion(message.activation_id, message.controller_id, record),
         )
+
+
+async def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 def _drain(queue: MemoryQueue) -> list[ActivationMessage]:
