@@ -397,8 +397,12 @@ class EtcdCoordinator(Coordinator):
                 return
             # Remembered first: if etcd is away now, the keeper writes it once it is back.
             self._leased[full] = value
-            body["lease"] = str(self._require_lease())
-            await self._leased_write("kv/put", body)
+            try:
+                body["lease"] = str(self._require_lease())
+                await self._leased_write("kv/put", body)
+            except DependencyUnavailable:
+                self._synced = False
+                raise
 
     async def _leased_write(self, path: str, body: JSON) -> JSON:
         try:
