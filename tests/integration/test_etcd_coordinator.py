@@ -213,6 +213,32 @@ async def test_revoked_lease_is_replaced_and_keys_re_registered(
         await watch.close()
 
 
+async def test_a_won_key_taken_by_another_member_is_not_taken_back(
+    etcd_server: LocalEtcd, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    etcd = settings((etcd_server.endpoint,), prefix)
+    caplog.set_level(logging.INFO, logger="squall.coordination.etcd")
+    async with coordinator(etcd) as a, coordinator(etcd) as b:
+        for attempt in range(3):  # b must claim before a's keeper notices: retried if not
+            key = f"owner/shard{attempt}"
+            assert await a.put_if_absent(key, "a")
+            await a.put("members/a", "alive")
+            lease = a.lease_id
+            assert lease is not None
+            await revoke(etcd_server.endpoint, lease)
+            if await b.put_if_absent(key, "b"):
+                break
+        else:
+            pytest.fail("a re-registered before b could claim, three times")
+        gave_up = lambda: any(f"{key} is held by another member" in r.getMessage()  # noqa: E731
+                              for r in caplog.records)  # fmt: skip
+        await eventually(gave_up, TTL_S + 2)
+        assert a.lease_id not in (None, lease) and a.lease_valid
+        assert await b.get("members/a") == "alive"  # its plain leased key is back
+        assert await b.get(key) == "b"  # but the won key stays with its new owner
+        assert await a.put_if_absent(key, "a") is False
+
+
 async def test_etcd_outage_and_recovery_without_restart(
     prefix: str, loop_errors: list[object], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -304,15 +330,20 @@ async def test_start_never_raises_for_a_down_etcd_only_for_impossible_settings(
         await EtcdCoordinator(settings((), prefix)).start()
 
 
+@pytest.mark.parametrize("in_use", ["leader", "follower"])
 async def test_cluster_survives_the_leader_being_killed(
-    etcd_cluster: LocalEtcdCluster, prefix: str
+    etcd_cluster: LocalEtcdCluster, prefix: str, in_use: str
 ) -> None:
     leader = etcd_cluster.leader()
-    # The leader first: the endpoint in use is the one that dies.
-    endpoints = (leader.endpoint, *(e for e in etcd_cluster.endpoints if e != leader.endpoint))
+    # The endpoint in use is the leader that dies, or a follower that loses its leader.
+    others = [e for e in etcd_cluster.endpoints if e != leader.endpoint]
+    endpoints = (leader.endpoint, *others) if in_use == "leader" else (*others, leader.endpoint)
     try:
         async with coordinator(settings(endpoints, prefix)) as coord:
             await coord.put("members/scheduler0", "s0")
+            seen = Snapshots()
+            watch = coord.watch_prefix("", seen)
+            await seen.wait_for(lambda s: s == {"members/scheduler0": "s0"})
             leader.kill()
             killed = time.monotonic()
             written = False
@@ -326,6 +357,8 @@ async def test_cluster_survives_the_leader_being_killed(
             await eventually(lambda: coord.lease_valid, TTL_S + 3)
             assert await coord.get("members/scheduler0") == "s0"
             assert await coord.get("after") == "written"
+            await seen.wait_for(lambda s: s.get("after") == "written")
+            await watch.close()
     finally:
         leader.launch()  # the session's cluster is whole again for later tests
         leader._wait_healthy(30)

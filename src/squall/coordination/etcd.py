@@ -232,7 +232,9 @@ class EtcdCoordinator(Coordinator):
         self._lease: int | None = None
         self._acked_at = -math.inf  # when the last acknowledged keepalive (or grant) was sent
         self._synced = False  # every remembered leased key written under the current lease
-        self._leased: dict[str, str] = {}  # leased keys this process wrote (prefixed)
+        # Leased keys this process wrote (prefixed): value, and whether it was won by
+        # put_if_absent (re-claimed only if still free, so a lost election stays lost).
+        self._leased: dict[str, tuple[str, bool]] = {}
         self._writes = asyncio.Lock()  # re-registration never interleaves with a put or delete
         self._problem: str | None = "etcd not connected yet"
         self._wake = asyncio.Event()
@@ -348,14 +350,21 @@ class EtcdCoordinator(Coordinator):
 
     async def _register_all(self) -> None:
         async with self._writes:
-            lease, items = self._lease, list(self._leased.items())
-            for start in range(0, len(items), TXN_MAX_OPS):
+            lease = self._require_lease()
+            plain = [(k, v) for k, (v, won) in self._leased.items() if not won]
+            for start in range(0, len(plain), TXN_MAX_OPS):
                 puts = [{"request_put": {"key": _b64(k), "value": _b64(v), "lease": str(lease)}}
-                        for k, v in items[start : start + TXN_MAX_OPS]]  # fmt: skip
+                        for k, v in plain[start : start + TXN_MAX_OPS]]  # fmt: skip
                 await self._call("kv/txn", {"success": puts})
+            claims = [(k, v) for k, (v, won) in self._leased.items() if won]
+            for key, value in claims:
+                if not await self._claim(key, value, lease):
+                    log.warning("etcd: %s is held by another member now; not taken back",
+                                key[len(self._root) :])  # fmt: skip
+                    self._leased.pop(key, None)
             self._synced = lease == self._lease
-        if items:
-            log.info("etcd: %d leased keys registered under lease %x", len(items), lease)
+        if plain or claims:
+            log.info("etcd: %d leased keys registered under lease %x", len(self._leased), lease)
 
     def _lease_lost(self) -> None:
         """A write found the lease gone: the keeper takes a new one and re-registers now."""
@@ -396,7 +405,7 @@ class EtcdCoordinator(Coordinator):
                 await self._call("kv/put", body)
                 return
             # Remembered first: if etcd is away now, the keeper writes it once it is back.
-            self._leased[full] = value
+            self._leased[full] = (value, False)
             try:
                 body["lease"] = str(self._require_lease())
                 await self._leased_write("kv/put", body)
@@ -415,18 +424,24 @@ class EtcdCoordinator(Coordinator):
 
     async def put_if_absent(self, key: str, value: str, *, leased: bool = True) -> bool:
         full = self._root + key
-        put: JSON = {"key": _b64(full), "value": _b64(value)}
         async with self._writes:
-            if leased:
-                put["lease"] = str(self._require_lease())
-            txn = {"compare": [{"target": "CREATE", "key": _b64(full), "create_revision": "0"}],
-                   "success": [{"request_put": put}],
-                   "failure": [{"request_range": {"key": _b64(full)}}]}  # fmt: skip
-            reply = await self._leased_write("kv/txn", txn)
-            won = bool(reply.get("succeeded")) or _ours(reply, value, put.get("lease"))
+            won = await self._claim(full, value, self._require_lease() if leased else None)
             if won and leased:
-                self._leased[full] = value
+                self._leased[full] = (value, True)
             return won
+
+    async def _claim(self, full: str, value: str, lease: int | None) -> bool:
+        """Compare-and-put on a free key (create revision 0). A lost compare on a key holding
+        our value under our lease is our own earlier write (a retried request, or a key that
+        survived an outage with its lease): won too."""
+        put: JSON = {"key": _b64(full), "value": _b64(value)}
+        if lease is not None:
+            put["lease"] = str(lease)
+        txn = {"compare": [{"target": "CREATE", "key": _b64(full), "create_revision": "0"}],
+               "success": [{"request_put": put}],
+               "failure": [{"request_range": {"key": _b64(full)}}]}  # fmt: skip
+        reply = await self._leased_write("kv/txn", txn)
+        return bool(reply.get("succeeded")) or _ours(reply, value, put.get("lease"))
 
     async def get(self, key: str) -> str | None:
         reply = await self._call("kv/range", {"key": _b64(self._root + key)})
