@@ -108,11 +108,6 @@ class _Gateway:
     def endpoint(self) -> str:
         return self._shown[self._current]
 
-    def safe(self, text: str) -> str:
-        """`text` without the password, whatever a driver quoted."""
-        password = self._etcd.password
-        return text.replace(password, "***") if password else text
-
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -142,7 +137,7 @@ class _Gateway:
                     raise
                 failures.append(f"{endpoint}: {exc}")
             self._switch()
-        raise DependencyUnavailable(self.safe(self.unreachable(failures)))
+        raise DependencyUnavailable(_without_password(self.unreachable(failures), self._etcd))
 
     def unreachable(self, failures: list[str]) -> str:
         detail = "; ".join(dict.fromkeys(failures)) or "no answer in time"
@@ -179,7 +174,7 @@ class _Gateway:
         url = f"{self._urls[self._current]}/v3/{path}"
         reply = await self._client.post(url, content=orjson.dumps(body), headers=self._headers(),
                                         timeout=timeout_s)  # fmt: skip
-        data: JSON = orjson.loads(reply.content) if reply.content else {}
+        data = _json(reply.content)
         if reply.status_code != 200 or "error" in data:
             raise _refusal(data, reply.status_code)
         return data
@@ -196,7 +191,7 @@ class _Gateway:
         reply = await self._client.send(request, stream=True)
         try:
             if reply.status_code != 200:
-                data = orjson.loads(await reply.aread() or b"{}")
+                data = _json(await reply.aread())
                 if any(m in str(data) for m in AUTH_RETRY_MESSAGES):
                     self._token = None
                 raise _refusal(data, reply.status_code)
@@ -212,6 +207,20 @@ async def _messages(reply: httpx.Response) -> AsyncIterator[JSON]:
             if "error" in message:
                 raise _refusal(message["error"], 200)
             yield message.get("result", {})
+
+
+def _json(content: bytes) -> JSON:
+    """A gateway reply; anything else (a proxy's error page) as its first words."""
+    try:
+        data = orjson.loads(content) if content else {}
+    except orjson.JSONDecodeError:
+        return {"message": content[:200].decode(errors="replace")}
+    return data if isinstance(data, dict) else {"message": str(data)[:200]}
+
+
+def _without_password(text: str, etcd: EtcdSettings) -> str:
+    """`text` without the password, whatever a driver or server quoted."""
+    return text.replace(etcd.password, "***") if etcd.password else text
 
 
 def _refusal(data: JSON, status: int) -> EtcdRefused:
@@ -372,6 +381,7 @@ class EtcdCoordinator(Coordinator):
         self._wake.set()
 
     def _set_problem(self, problem: str | None) -> None:
+        problem = None if problem is None else self._safe(problem)
         if problem == self._problem:
             return
         if problem is None:
@@ -383,8 +393,7 @@ class EtcdCoordinator(Coordinator):
     # -- keys ------------------------------------------------------------------------------
 
     def _safe(self, text: str) -> str:
-        password = self._etcd.password
-        return text.replace(password, "***") if password else text
+        return _without_password(text, self._etcd)
 
     async def _call(self, path: str, body: JSON) -> JSON:
         if self._gateway is None:
@@ -511,7 +520,7 @@ class _EtcdWatch(Subscription):
             await self._task
         if self._stream is not None:
             self._stream.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._stream
 
     def restart(self) -> None:
