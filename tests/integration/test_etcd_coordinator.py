@@ -330,6 +330,29 @@ async def test_start_never_raises_for_a_down_etcd_only_for_impossible_settings(
         await EtcdCoordinator(settings((), prefix)).start()
 
 
+async def test_an_endpoint_that_is_not_etcd_is_reported_not_crashed_on(prefix: str) -> None:
+    """A proxy in front of a dead etcd answers with an HTML error page."""
+
+    async def bad_gateway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        body = b"<html><body>502 Bad Gateway</body></html>"
+        writer.write(b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(bad_gateway, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with coordinator(settings((f"127.0.0.1:{port}",), prefix)) as coord:
+            assert "502 Bad Gateway" in (coord.problem() or "")
+            with pytest.raises(DependencyUnavailable, match="unreachable"):
+                await coord.get("x")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.parametrize("in_use", ["leader", "follower"])
 async def test_cluster_survives_the_leader_being_killed(
     etcd_cluster: LocalEtcdCluster, prefix: str, in_use: str

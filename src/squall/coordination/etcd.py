@@ -308,6 +308,7 @@ class EtcdCoordinator(Coordinator):
         interval = self._ttl_s / 3
         backoff = _Backoff(0.1, interval)
         while True:
+            self._wake.clear()  # before the step: a write that finds the lease gone wakes us
             try:
                 await self._lease_step()
                 self._set_problem(None)
@@ -317,11 +318,12 @@ class EtcdCoordinator(Coordinator):
                 self._set_problem(str(exc))
                 delay = backoff.next()
             except Exception as exc:  # no exception may end the keepalive
-                log.exception("etcd lease keeper failed; retrying")
-                self._set_problem(self._safe(f"etcd lease keeper failed: {_reason(exc)}"))
+                problem = self._safe(f"etcd lease keeper failed: {_reason(exc)}")
+                if problem != self._problem:
+                    log.exception("etcd lease keeper failed; retrying")
+                self._set_problem(problem)
                 delay = backoff.next()
             self._attempted.set()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
