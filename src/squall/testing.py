@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 
 __all__ = [
     "LocalEtcd",
+    "LocalEtcdCluster",
     "LocalOsmem",
     "LocalPostgres",
     "LocalTansu",
@@ -237,16 +239,29 @@ class LocalEtcd:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
+    name: str = "s1"
+    initial_cluster: str | None = None  # name=peer URL of every member; None: this one alone
+    cluster_token: str = "squall"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
     def start(self) -> None:
-        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
-        argv = [self.binary, "--name", "s1", "--data-dir", str(self.root / "data"),
+        self.launch()
+        self._wait_healthy(15.0)
+
+    def launch(self) -> None:
+        """Start the process without waiting (a cluster's members wait for each other)."""
+        client, peer = f"http://127.0.0.1:{self.client_port}", self.peer_url
+        argv = [self.binary, "--name", self.name, "--data-dir", str(self.root / "data"),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"s1={peer}"]  # fmt: skip
+                "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
+                "--initial-cluster-token", self.cluster_token]  # fmt: skip
         with (self.root / "log").open("ab") as log:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT)  # fmt: skip
-        self._wait_healthy(15.0)
 
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -270,8 +285,61 @@ class LocalEtcd:
     def stop(self) -> None:
         _stop(self.process)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would end it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
     def remove(self) -> None:
         self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class LocalEtcdCluster:
+    """Three etcd members on loopback, each in its own directory under one temporary root."""
+
+    binary: str
+    size: int = 3
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="squall-etcd3-")))
+    members: list[LocalEtcd] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(member.endpoint for member in self.members)
+
+    def start(self) -> None:
+        self.members = [LocalEtcd(self.binary, root=self.root / f"s{i}", name=f"s{i}")
+                        for i in range(self.size)]  # fmt: skip
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.root.mkdir(parents=True, exist_ok=True)
+            member.initial_cluster, member.cluster_token = cluster, self.root.name
+            member.launch()
+        try:
+            for member in self.members:
+                member._wait_healthy(30.0)
+        except RuntimeError:
+            self.remove()
+            raise
+
+    def leader(self) -> LocalEtcd:
+        """The member that is leader now (asked through the JSON gateway)."""
+        for member in self.members:
+            if member.process is None or member.process.poll() is not None:
+                continue
+            request = urllib.request.Request(f"http://{member.endpoint}/v3/maintenance/status",
+                                             data=b"{}", method="POST")  # fmt: skip
+            with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=2) as reply:
+                status = json.loads(reply.read())
+                if status.get("leader") == status.get("header", {}).get("member_id"):
+                    return member
+        raise RuntimeError("no etcd member says it is the leader")
+
+    def remove(self) -> None:
+        for member in self.members:
+            member.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
