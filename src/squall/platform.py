@@ -172,7 +172,10 @@ class Platform:
         """Join the membership once the services consume their topics, so no member is sent
         work before it listens; an invoker then reports its free memory as it changes."""
         for member in self.members:
-            await self.placement.register(self._with_capacity(member))
+            try:
+                await self.placement.register(self._with_capacity(member))
+            except DependencyUnavailable as exc:  # written by the coordinator once etcd is back
+                log.warning("%s %s registers when etcd answers: %s", member.role, member.id, exc)
         if self.runs("invoker") and self.settings.coordination != "local":
             self._capacity = asyncio.create_task(self._report_capacity(), name="squall-capacity")
 
@@ -460,6 +463,10 @@ def message_bus(settings: Settings, journal: CrashJournal) -> MessageBus:
 
 
 def coordination(settings: Settings) -> Coordinator:
+    if settings.coordination == "etcd":
+        from squall.coordination.etcd import EtcdCoordinator
+
+        return EtcdCoordinator(settings.etcd)
     return LocalCoordinator()
 
 
@@ -481,8 +488,6 @@ def dependency_monitors(settings: Settings) -> tuple[list[DependencyMonitor], li
                         "carries its messages in-process (the Kafka bus comes with cluster mode)")
     if settings.coordination == "etcd":
         monitors.append(etcd_monitor(settings.etcd))
-        warnings.append("coordination=etcd: etcd is checked for readiness; this process still "
-                        "coordinates in-process (the etcd coordinator comes with cluster mode)")
     return monitors, warnings
 
 
