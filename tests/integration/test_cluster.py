@@ -17,7 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from squall.testing import LocalCluster, LocalEtcd, LocalPostgres, LocalTansu, RoleProcess
+from squall.testing import (
+    LocalCluster,
+    LocalEtcd,
+    LocalEtcdCluster,
+    LocalPostgres,
+    LocalTansu,
+    RoleProcess,
+)
 from tests.conftest import GUEST_AUTH
 
 pytestmark = pytest.mark.slow
@@ -342,5 +349,30 @@ def test_etcd_down_turns_members_not_ready_and_they_recover_by_themselves(
                        "every member ready again", cluster.logs)  # fmt: skip
             wait_until(lambda: invoke(api, "echo").status_code == 200, 15,
                        "an invoke after etcd came back", cluster.logs)  # fmt: skip
+    finally:
+        etcd.remove()
+
+
+def test_killing_the_etcd_leader_does_not_interrupt_serving(
+    make_cluster: Callable[..., Cluster], etcd_server: LocalEtcd
+) -> None:
+    etcd = LocalEtcdCluster(etcd_server.binary)  # its own: this test takes a member away
+    etcd.start()
+    try:
+        cluster = make_cluster(etcd_endpoints=",".join(etcd.endpoints))
+        one_of_each(cluster, 2)
+        with cluster.api("controller1") as api:
+            put_action(api, "echo", ECHO)
+            assert invoke(api, "echo").status_code == 200
+            etcd.leader().kill()
+            statuses: collections.Counter[int] = collections.Counter()
+            until = time.monotonic() + 3 * LEASE_TTL_S
+            while time.monotonic() < until:
+                statuses[invoke(api, "echo").status_code] += 1
+            assert set(statuses) == {200}, (statuses, cluster.logs())
+            # Nobody lost its lease or its place: every member is still ready.
+            wait_until(lambda: all(cluster.ready(m) for m in cluster.members), 10,
+                       "every member ready", cluster.logs)  # fmt: skip
+        assert all(m.process.poll() is None for m in cluster.members.values())
     finally:
         etcd.remove()
