@@ -388,10 +388,13 @@ class AlarmService:
         owns: Ownership | None = None,
         may_fire: Callable[[], bool] | None = None,
         fence_retry_s: float = 0.5,
+        handoff_margin_s: float = 2.0,
     ) -> None:
         """`owns` (cluster mode): whether this process owns an alarm's shard now; None owns
         every alarm. `may_fire`: the fence (the coordinator's `lease_valid`); None always may.
-        `fence_retry_s`: how often ticks held back by the fence are looked at again."""
+        `fence_retry_s`: how often ticks held back by the fence are looked at again.
+        `handoff_margin_s`: after taking alarms up, ticks due up to this long after it check
+        the ledger too (the former owner may learn of the move a little later)."""
         if max_concurrent_fires < 1:
             raise ValueError("max_concurrent_fires must be at least 1")
         self._store = store
@@ -413,6 +416,10 @@ class AlarmService:
         self._owns = owns
         self._may_fire = may_fire
         self._fence_retry_s = fence_retry_s
+        self._handoff_margin = timedelta(seconds=handoff_margin_s)
+        # Ticks due up to here may have been fired by a former owner or by the run before a
+        # crash, also those a restored alarm's catch-up chain reaches on time: check the ledger.
+        self._unsure_until = datetime.min.replace(tzinfo=UTC)
         # Alarms whose due tick was held back, by the fence or by a lost shard: re-armed (their
         # misfire policy applies then) once this process may fire them again.
         self._fenced: dict[str, _Entry] = {}  # may_fire() was False
@@ -467,6 +474,9 @@ class AlarmService:
         if self._started:
             raise RuntimeError("the alarm service is already started")
         began = time.perf_counter()
+        self._unsure_until = self.now() + (
+            self._handoff_margin if self._owns is not None else timedelta()
+        )
         with _collector_paused():
             summary = await self._load_all()
         self._started = True
@@ -819,6 +829,7 @@ class AlarmService:
             began = time.perf_counter()
             released = await self._release_unowned()
             now = self.now()
+            self._unsure_until = max(self._unsure_until, now + self._handoff_margin)
             summary = _RestoreSummary()
             held = len(self._entries)
             self._rearm_held_back(self._unowned, now, summary)  # still held: owned again
@@ -1110,7 +1121,7 @@ class AlarmService:
     ) -> None:
         alarm = entry.alarm
         activation_id = activation_id_for(alarm.id, tick)
-        maybe_fired = entry.unsure or catchup
+        maybe_fired = entry.unsure or catchup or due <= self._unsure_until
         entry.unsure = False
         try:
             result, fired_at, attempts = await self._deliver(
