@@ -597,7 +597,7 @@ class AlarmService:
         if not self.owns(alarm.namespace, alarm.trigger):
             raise NotOwner(alarm.namespace, alarm.trigger)
         async with self._create_lock:
-            if not self.owns(alarm.namespace, alarm.trigger):  # a rebalance ran meanwhile
+            if not self.owns(alarm.namespace, alarm.trigger):  # the shard moved meanwhile
                 raise NotOwner(alarm.namespace, alarm.trigger)
             if alarm.id in self._entries:
                 raise ConflictError(f"trigger {alarm.id} already has an alarm")
@@ -825,7 +825,10 @@ class AlarmService:
         self._require_started()
         if self._owns is None:
             return
-        async with self._rebalance_lock, self._create_lock:
+        # Not under the create lock: a scan of every alarm takes seconds at 100,000 alarms,
+        # and a create racing it is safe (a page read before it lacks the alarm, one after
+        # it is skipped as held; the store refuses a second create either way).
+        async with self._rebalance_lock:
             began = time.perf_counter()
             released = await self._release_unowned()
             now = self.now()
