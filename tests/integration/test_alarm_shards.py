@@ -29,7 +29,7 @@ from squall.alarms import (
     activation_id_for,
 )
 from squall.alarms.service import NotOwner
-from squall.alarms.shards import alarm_shard
+from squall.alarms.shards import ShardOwnership, alarm_shard
 from squall.errors import ConflictError, StoreError
 from squall.stores.sqlite import SqliteEntityStore
 
@@ -199,6 +199,18 @@ def test_alarm_shard_known_values() -> None:
     value = int.from_bytes(hashlib.blake2b(b"guest/t0", digest_size=8).digest(), "big")
     assert alarm_shard("guest", "t0", 7) == value % 7
     assert alarm_shard("guest", "t0", 1024) == value % 1024
+
+
+def test_shard_ownership_is_the_owns_callable() -> None:
+    ownership = ShardOwnership(SHARDS, [0, 1])
+    names = [f"t{i}" for i in range(40)]
+    assert [ownership(NS, n) for n in names] == [alarm_shard(NS, n, SHARDS) < 2 for n in names]
+    ownership.assign(range(SHARDS))
+    assert all(ownership(NS, n) for n in names) and ownership.owned == frozenset(range(SHARDS))
+    ownership.assign([])
+    assert not any(ownership(NS, n) for n in names)
+    with pytest.raises(ValueError, match=r"\[8\] are not in 0..7"):
+        ownership.assign([8])
 
 
 async def test_each_scheduler_holds_creates_and_fires_only_its_half(
