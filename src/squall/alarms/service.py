@@ -424,7 +424,8 @@ class AlarmService:
         # misfire policy applies then) once this process may fire them again.
         self._fenced: dict[str, _Entry] = {}  # may_fire() was False
         self._unowned: dict[str, _Entry] = {}  # owns() was False; rebalance() decides
-        self._holding_back = False  # the fence holds ticks back now (logged once per episode)
+        self._holding_back = False  # ticks are held back now (logged once per episode)
+        self._fence_broken = False  # may_fire() raised (logged once per episode)
         self._rebalance_lock = asyncio.Lock()
         self._entries: dict[str, _Entry] = {}
         self._locks = _KeyedLocks()
@@ -836,6 +837,8 @@ class AlarmService:
             summary = _RestoreSummary()
             held = len(self._entries)
             self._rearm_held_back(self._unowned, now, summary)  # still held: owned again
+            if not self._fenced:
+                self._holding_back = False  # the next episode is logged again
             pages = self._store.scan(ALARMS_COLLECTION, ALARMS_ROOT, prefix_match=True, page=4096)
             with _collector_paused():
                 async for page in pages:
@@ -1067,10 +1070,14 @@ class AlarmService:
         if self._may_fire is None:
             return True
         try:
-            return self._may_fire()
+            valid = self._may_fire()
         except Exception:  # a broken fence closes: firing without it could fire twice
-            log.exception("the alarm fence (may_fire) failed; holding ticks back")
+            if not self._fence_broken:
+                log.exception("the alarm fence (may_fire) failed; holding ticks back")
+            self._fence_broken = True
             return False
+        self._fence_broken = False
+        return valid
 
     def _may_still_fire(self, alarm: Alarm) -> bool:
         return self._fence_open() and self.owns(alarm.namespace, alarm.trigger)
@@ -1131,8 +1138,11 @@ class AlarmService:
                 alarm, tick, activation_id, maybe_fired
             )
         except _HeldBack:
-            if self._entries.get(alarm.id) is entry and entry.generation == generation:
-                self._hold_back(entry)  # the tick stays the alarm's next one, unsure
+            # The tick stays the alarm's next one, unsure (a user change meanwhile armed its
+            # own); armed again at once if this process may fire it again already.
+            current = self._entries.get(alarm.id) is entry and entry.generation == generation
+            if current and not self._hold_back(entry):
+                self._restore(entry, self.now(), _RestoreSummary(), bulk=False)
             return
         if result.outcome is FireOutcome.THROTTLED:
             await self._record_throttled(alarm, tick, activation_id, result.message)
