@@ -505,3 +505,43 @@ class QueueEndpoint(Protocol):
 
     def creation_failed(self, key: QueueKey, creation_id: str, error: str, developer: bool) -> None:
         """A container could not be created."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Alarm admin: the feed lifecycle of alarms as the controller's feed actions see it. In one
+# process the AlarmService itself (`squall.alarms.admin.LocalAlarms`); in a cluster the scheduler
+# that owns the alarm's shard, over its internal endpoint (`squall.alarms.remote.RemoteAlarms`).
+# ---------------------------------------------------------------------------------------------
+
+
+class AlarmAdmin(Protocol):
+    """Create, read, change and delete the alarm of a trigger.
+
+    Views are the feed READ body (`AlarmService.read_view`). Errors: NotFoundError (the
+    trigger has no alarm), ConflictError (create: it has one already), AlarmValidationError
+    (a ValueError whose message is the user-facing text), DependencyUnavailable (the store, or
+    in a cluster every owner of the alarm's shard, cannot be reached now; retry).
+    """
+
+    async def create(
+        self, namespace: str, trigger: str, kind: str, params: Mapping[str, Any]
+    ) -> JSONDict:
+        """A new alarm of `kind` (cron, interval, once) from the feed's parameters."""
+
+    async def read(self, namespace: str, trigger: str) -> JSONDict | None:
+        """The alarm's view, None when the trigger has none."""
+
+    async def update(self, namespace: str, trigger: str, params: Mapping[str, Any]) -> JSONDict:
+        """A feed UPDATE; re-enables a disabled alarm."""
+
+    async def delete(self, namespace: str, trigger: str) -> bool:
+        """Remove the alarm; False when there was none."""
+
+    async def pause(self, namespace: str, trigger: str) -> JSONDict:
+        """Hold the alarm until `resume`."""
+
+    async def resume(self, namespace: str, trigger: str) -> JSONDict:
+        """Undo `pause`."""
+
+    async def list(self, namespace: str) -> builtins.list[JSONDict]:
+        """Every alarm of a namespace, by trigger name."""

@@ -1,7 +1,9 @@
 """Alarms: OpenWhisk's /whisk.system/alarms feeds (cron, interval, once) as a timer service.
 
 `schedule` is the pure time math, `model` the alarm document and its validation, `service` the
-timer that fires triggers on time, once per tick, across restarts.
+timer that fires triggers on time, once per tick, across restarts. Cluster mode: `shards` (which
+scheduler holds an alarm), `admin` (the feed lifecycle seam on a local service), `routes` (a
+scheduler's internal endpoint for it) and `remote` (a controller's client of that endpoint).
 """
 
 from squall.alarms.model import (
@@ -23,8 +25,10 @@ from squall.alarms.service import (
     FireOutcome,
     FireRecord,
     FireResult,
+    NotOwner,
     RetryPolicy,
 )
+from squall.alarms.shards import ShardOwnership, alarm_shard
 
 __all__ = [
     "ALARMS_COLLECTION",
@@ -42,11 +46,14 @@ __all__ = [
     "FireResult",
     "Interval",
     "LastFire",
+    "NotOwner",
     "Once",
     "RetryPolicy",
     "Schedule",
+    "ShardOwnership",
     "StatusReason",
     "Window",
     "activation_id_for",
+    "alarm_shard",
     "jitter_offset",
 ]

@@ -36,6 +36,19 @@ The alarm's policy decides: `skip` drops them, `fire_once` (default) fires the m
 `fire_all` fires each one within `catchup_window_s`, oldest first. OpenWhisk's provider replays
 nothing (`skip`); Squall's default never loses a tick silently.
 
+Shards and fencing (cluster mode)
+---------------------------------
+With `owns` set, a service holds only the alarms whose shard (`squall.alarms.shards`) this
+scheduler owns: `start()` skips the others without decoding them, `rebalance()` (called by the
+lead scheduler's placement when membership changes) writes and drops those no longer owned and
+takes up the newly owned ones from the store, `unsure`: their next fire checks the ledger, so a
+tick the former owner fired is never fired twice, and ticks that fell in the gap go through the
+misfire policy. Right before every fire (and every retry), `may_fire` (the coordinator's
+`lease_valid`) and `owns` are asked again: a scheduler that lost its lease or its shard holds the
+tick back (logged once) instead of firing it; the tick stays the alarm's next one, for this
+process when its lease is valid again or for the shard's next owner. Creating, changing or
+deleting an alarm of a shard owned elsewhere raises `NotOwner`.
+
 Storage
 -------
 Alarms are JSON documents (`Alarm.to_doc`) in the entity store's collection "alarms", under the
@@ -79,7 +92,7 @@ from squall.alarms.model import (
     plan_next,
 )
 from squall.alarms.schedule import AlarmValidationError, ensure_utc
-from squall.errors import ConflictError, NotFoundError
+from squall.errors import ConflictError, NotFoundError, SquallError
 
 __all__ = [
     "ALARMS_COLLECTION",
@@ -91,6 +104,8 @@ __all__ = [
     "FireOutcome",
     "FireRecord",
     "FireResult",
+    "NotOwner",
+    "Ownership",
     "RetryPolicy",
     "store_path",
 ]
@@ -105,6 +120,18 @@ LAG_SAMPLES = 4096
 def store_path(namespace: str) -> str:
     """The entity-store path an alarm of `namespace` is kept under."""
     return f"{ALARMS_ROOT}/{namespace}"
+
+
+class NotOwner(SquallError):
+    """This scheduler does not own the shard of the alarm (cluster mode): ask its owner."""
+
+    def __init__(self, namespace: str, trigger: str) -> None:
+        super().__init__(
+            f"this scheduler does not own the shard of the alarm of trigger "
+            f"/{namespace}/{trigger} now; ask the scheduler that owns it"
+        )
+        self.namespace = namespace
+        self.trigger = trigger
 
 
 class FireOutcome(StrEnum):
@@ -171,6 +198,9 @@ DeleteAfterFireCallback = Callable[[Alarm, DeleteAfterFire], Awaitable[None]]
 # activation id) so it is not lost silently.
 ThrottledCallback = Callable[[Alarm, datetime, str, str], Awaitable[None]]
 Clock = Callable[[], datetime]
+# owns(namespace, trigger): whether this process owns the alarm's shard now (cluster mode).
+# Called for every alarm at start and rebalance and before every fire: it must be cheap.
+Ownership = Callable[[str, str], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +264,7 @@ class AlarmStats:
     lag_p50_ms: float | None
     lag_p99_ms: float | None
     lag_max_ms: float | None
+    held_back: int = 0  # alarms whose due tick this process may not fire now (cluster mode)
 
 
 class _Entry:
@@ -321,6 +352,10 @@ class _KeyedLocks:
                 del self._locks[key]
 
 
+class _HeldBack(Exception):
+    """A tick's retry found that this process may not fire it any more."""
+
+
 # heap item: (due, sequence, alarm id, token, tick, catch-up)
 _HeapItem = tuple[datetime, int, str, int, datetime, bool | None]
 
@@ -350,7 +385,16 @@ class AlarmService:
         fire_timeout_s: float = 30.0,
         write_delay_s: float = 0.02,
         write_batch: int = 256,
+        owns: Ownership | None = None,
+        may_fire: Callable[[], bool] | None = None,
+        fence_retry_s: float = 0.5,
+        handoff_margin_s: float = 2.0,
     ) -> None:
+        """`owns` (cluster mode): whether this process owns an alarm's shard now; None owns
+        every alarm. `may_fire`: the fence (the coordinator's `lease_valid`); None always may.
+        `fence_retry_s`: how often ticks held back by the fence are looked at again.
+        `handoff_margin_s`: after taking alarms up, ticks due up to this long after it check
+        the ledger too (the former owner may learn of the move a little later)."""
         if max_concurrent_fires < 1:
             raise ValueError("max_concurrent_fires must be at least 1")
         self._store = store
@@ -369,6 +413,20 @@ class AlarmService:
         self._first_attempts = 0  # launched fires still in their first attempt
         self._write_delay_s = write_delay_s
         self._write_batch = write_batch
+        self._owns = owns
+        self._may_fire = may_fire
+        self._fence_retry_s = fence_retry_s
+        self._handoff_margin = timedelta(seconds=handoff_margin_s)
+        # Ticks due up to here may have been fired by a former owner or by the run before a
+        # crash, also those a restored alarm's catch-up chain reaches on time: check the ledger.
+        self._unsure_until = datetime.min.replace(tzinfo=UTC)
+        # Alarms whose due tick was held back, by the fence or by a lost shard: re-armed (their
+        # misfire policy applies then) once this process may fire them again.
+        self._fenced: dict[str, _Entry] = {}  # may_fire() was False
+        self._unowned: dict[str, _Entry] = {}  # owns() was False; rebalance() decides
+        self._holding_back = False  # ticks are held back now (logged once per episode)
+        self._fence_broken = False  # may_fire() raised (logged once per episode)
+        self._rebalance_lock = asyncio.Lock()
         self._entries: dict[str, _Entry] = {}
         self._locks = _KeyedLocks()
         # Alarms whose state in memory is ahead of the store, written in batches by one task.
@@ -417,6 +475,9 @@ class AlarmService:
         if self._started:
             raise RuntimeError("the alarm service is already started")
         began = time.perf_counter()
+        self._unsure_until = self.now() + (
+            self._handoff_margin if self._owns is not None else timedelta()
+        )
         with _collector_paused():
             summary = await self._load_all()
         self._started = True
@@ -431,11 +492,23 @@ class AlarmService:
         )
 
     def _restore_page(
-        self, page: builtins.list[StoredEntity], now: datetime, summary: _RestoreSummary
+        self,
+        page: builtins.list[StoredEntity],
+        now: datetime,
+        summary: _RestoreSummary,
+        *,
+        bulk: bool = True,
     ) -> None:
+        """Hold and arm the owned alarms of one page; `bulk`: the caller heapifies (at start;
+        a rebalance pushes each, as the timer runs meanwhile)."""
+        owns = self._owns
+        cut = len(ALARMS_ROOT) + 1
         for entity in page:
-            if f"{entity.namespace}/{entity.name}" in self._entries:
-                continue  # seen on an earlier page (moved during the scan)
+            namespace = entity.namespace[cut:]
+            if f"{namespace}/{entity.name}" in self._entries:
+                continue  # seen on an earlier page (moved during the scan), or held already
+            if owns is not None and not owns(namespace, entity.name):
+                continue  # another scheduler's shard: not even decoded
             try:
                 alarm = Alarm.from_doc(entity.doc)
             except (KeyError, ValueError, TypeError):
@@ -447,7 +520,7 @@ class AlarmService:
             entry = _Entry(alarm, entity.revision, unsure=True)
             self._entries[alarm.id] = entry
             try:
-                self._restore(entry, now, summary, bulk=True)
+                self._restore(entry, now, summary, bulk=bulk)
             except Exception:  # one bad alarm must not keep the others from starting
                 self._counts["internal_errors"] += 1
                 log.exception("alarm %s could not be scheduled", alarm.id)
@@ -522,7 +595,11 @@ class AlarmService:
         never fire.
         """
         self._require_started()
+        if not self.owns(alarm.namespace, alarm.trigger):
+            raise NotOwner(alarm.namespace, alarm.trigger)
         async with self._create_lock:
+            if not self.owns(alarm.namespace, alarm.trigger):  # the shard moved meanwhile
+                raise NotOwner(alarm.namespace, alarm.trigger)
             if alarm.id in self._entries:
                 raise ConflictError(f"trigger {alarm.id} already has an alarm")
             now = self.now()
@@ -584,6 +661,8 @@ class AlarmService:
     async def delete(self, namespace: str, trigger: str) -> bool:
         """Remove an alarm; False when there was none. A fire in flight still completes."""
         self._require_started()
+        if not self.owns(namespace, trigger):
+            raise NotOwner(namespace, trigger)
         alarm_id = f"{namespace}/{trigger}"
         entry = self._entries.get(alarm_id)
         if entry is None:
@@ -729,9 +808,98 @@ class AlarmService:
             lag_p50_ms=_percentile(lags, 50),
             lag_p99_ms=_percentile(lags, 99),
             lag_max_ms=lags[-1] if lags else None,
+            held_back=len(self._fenced) + len(self._unowned),
         )
 
     # -- loading and misfires -----------------------------------------------------------------
+
+    async def rebalance(self) -> None:
+        """The shards this process owns changed (a scheduler joined or left): drop the alarms
+        no longer owned, their pending state written first (fires in flight finish, their
+        bookkeeping is dropped), and take up the owned alarms not held, from the store.
+
+        A taken-up alarm's ticks are `unsure`: their fires check the fire ledger (the tick's
+        deterministic activation id), so a tick its former owner fired is not fired again, and
+        ticks missed meanwhile go through its misfire policy. Store errors propagate after the
+        release (the caller retries). Without `owns` there is nothing to do.
+        """
+        self._require_started()
+        if self._owns is None:
+            return
+        # Not under the create lock: a scan of every alarm takes seconds at 100,000 alarms,
+        # and a create racing it is safe (a page read before it lacks the alarm, one after
+        # it is skipped as held; the store refuses a second create either way).
+        async with self._rebalance_lock:
+            began = time.perf_counter()
+            released = await self._release_unowned()
+            now = self.now()
+            self._unsure_until = max(self._unsure_until, now + self._handoff_margin)
+            summary = _RestoreSummary()
+            held = len(self._entries)
+            self._rearm_held_back(self._unowned, now, summary)  # still held: owned again
+            if not self._fenced:
+                self._holding_back = False  # the next episode is logged again
+            pages = self._store.scan(ALARMS_COLLECTION, ALARMS_ROOT, prefix_match=True, page=4096)
+            with _collector_paused():
+                async for page in pages:
+                    self._restore_page(page, now, summary, bulk=False)
+            summary.log()
+            log.info(
+                "alarm shards rebalanced in %.2f s: %d alarms released, %d taken up, %d held",
+                time.perf_counter() - began,
+                released,
+                len(self._entries) - held,
+                len(self._entries),
+            )
+
+    async def _release_unowned(self) -> int:
+        """Drop every held alarm whose shard is not owned any more; write the dropped ones'
+        unwritten state (a failed write only means the new owner fires those ticks again with
+        their same ids, which the ledger drops)."""
+        owns = self._owns
+        assert owns is not None
+        gone = [e for e in self._entries.values() if not owns(e.alarm.namespace, e.alarm.trigger)]
+        unwritten: list[_Entry] = []
+        for entry in gone:
+            alarm_id = entry.alarm.id
+            if self._locks.held(alarm_id):  # a user change is half done: let it finish first
+                async with self._locks.hold(alarm_id):
+                    pass
+            if self._entries.get(alarm_id) is not entry:
+                continue
+            if self._dirty.get(alarm_id) is entry:
+                unwritten.append(entry)
+            self._forget(entry)
+        async with self._write_lock:  # after any batch in flight: revisions are current
+            for start in range(0, len(unwritten), self._write_batch):
+                await self._write_released(unwritten[start : start + self._write_batch])
+        return len(gone)
+
+    async def _write_released(self, entries: Sequence[_Entry]) -> None:
+        writes = [
+            EntityWrite(
+                ALARMS_COLLECTION,
+                store_path(e.alarm.namespace),
+                e.alarm.trigger,
+                e.alarm.to_doc(),
+                e.revision,
+            )
+            for e in entries
+        ]
+        try:
+            results = await self._store.put_many(writes)
+        except Exception as exc:
+            self._counts["persist_failures"] += 1
+            log.warning(
+                "writing %d released alarms failed (%s); their new owner fires their last "
+                "ticks again with the same activation ids (the ledger drops duplicates)",
+                len(entries),
+                exc,
+            )
+            return
+        conflicts = sum(1 for r in results if isinstance(r, ConflictError))
+        if conflicts:  # their new owner wrote them already: its version stands
+            log.info("%d released alarms were written by their new owner already", conflicts)
 
     async def _load_all(self) -> _RestoreSummary:
         """Read every alarm a page at a time and arm it: a page's documents are dropped once
@@ -872,6 +1040,8 @@ class AlarmService:
         at once (the rest wait in the heap, not as tasks: thousands of tasks queued on one
         semaphore make every release slow); the seconds until the timer should look again."""
         now = self.now()
+        if self._fenced and self._fence_open():
+            self._rearm_held_back(self._fenced, now, _RestoreSummary())
         late_line = now - timedelta(seconds=self._grace_s)
         item = self._peek()
         while item is not None and item[0] <= now:
@@ -882,12 +1052,68 @@ class AlarmService:
             entry.token += 1  # this tick is taken; nothing else may fire it
             if item[5] is None and item[0] < late_line:
                 self._replan(entry, item[4], now)
-            else:
+            elif not self._hold_back(entry):
                 self._launch(entry, tick=item[4], due=item[0], catchup=bool(item[5]))
             item = self._peek()
+        sleep = self._max_sleep_s if not self._fenced else self._fence_retry_s
         if item is None:
-            return self._max_sleep_s
-        return max(0.0, min(self._max_sleep_s, (item[0] - now).total_seconds()))
+            return sleep
+        return max(0.0, min(sleep, (item[0] - now).total_seconds()))
+
+    # -- shards and fencing -------------------------------------------------------------------
+
+    def owns(self, namespace: str, trigger: str) -> bool:
+        """Whether this process owns the alarm's shard now (always, without `owns`)."""
+        return self._owns is None or self._owns(namespace, trigger)
+
+    def _fence_open(self) -> bool:
+        if self._may_fire is None:
+            return True
+        try:
+            valid = self._may_fire()
+        except Exception:  # a broken fence closes: firing without it could fire twice
+            if not self._fence_broken:
+                log.exception("the alarm fence (may_fire) failed; holding ticks back")
+            self._fence_broken = True
+            return False
+        self._fence_broken = False
+        return valid
+
+    def _may_still_fire(self, alarm: Alarm) -> bool:
+        return self._fence_open() and self.owns(alarm.namespace, alarm.trigger)
+
+    def _hold_back(self, entry: _Entry) -> bool:
+        """Right before a fire: keep the due tick when this process may not fire it (its lease
+        is not valid, or the alarm's shard is not its own any more). The tick stays with the
+        alarm, `unsure`, for whoever may fire it: this process once the fence opens again or
+        the shard comes back, or the shard's new owner (which checks the ledger)."""
+        alarm = entry.alarm
+        if not self._fence_open():
+            parked, why = self._fenced, "this scheduler's lease is not valid (fencing)"
+        elif not self.owns(alarm.namespace, alarm.trigger):
+            parked, why = self._unowned, "this scheduler no longer owns their shards"
+        else:
+            return False
+        entry.unsure = True
+        parked[alarm.id] = entry
+        if not self._holding_back:
+            self._holding_back = True
+            log.warning("alarm ticks are held back, not fired: %s", why)
+        return True
+
+    def _rearm_held_back(
+        self, parked: dict[str, _Entry], now: datetime, summary: _RestoreSummary
+    ) -> None:
+        """Arm held-back alarms again at their kept tick; the misfire policy applies when it
+        comes up (it is late by then)."""
+        entries = list(parked.values())
+        parked.clear()
+        for entry in entries:
+            if self._entries.get(entry.alarm.id) is entry:
+                self._restore(entry, now, summary, bulk=False)
+        if entries and self._holding_back:
+            self._holding_back = False
+            log.info("alarm ticks fire again (%d alarms were held back)", len(entries))
 
     def _launch(self, entry: _Entry, *, tick: datetime, due: datetime, catchup: bool) -> None:
         self._first_attempts += 1
@@ -905,9 +1131,19 @@ class AlarmService:
     ) -> None:
         alarm = entry.alarm
         activation_id = activation_id_for(alarm.id, tick)
-        maybe_fired = entry.unsure or catchup
+        maybe_fired = entry.unsure or catchup or due <= self._unsure_until
         entry.unsure = False
-        result, fired_at, attempts = await self._deliver(alarm, tick, activation_id, maybe_fired)
+        try:
+            result, fired_at, attempts = await self._deliver(
+                alarm, tick, activation_id, maybe_fired
+            )
+        except _HeldBack:
+            # The tick stays the alarm's next one, unsure (a user change meanwhile armed its
+            # own); armed again at once if this process may fire it again already.
+            current = self._entries.get(alarm.id) is entry and entry.generation == generation
+            if current and not self._hold_back(entry):
+                self._restore(entry, self.now(), _RestoreSummary(), bulk=False)
+            return
         if result.outcome is FireOutcome.THROTTLED:
             await self._record_throttled(alarm, tick, activation_id, result.message)
         # Let the other ticks due at this instant make their fire calls before this one does
@@ -1010,6 +1246,8 @@ class AlarmService:
                     delay,
                 )
                 await asyncio.sleep(delay)
+                if not self._may_still_fire(alarm):
+                    raise _HeldBack  # the retry is no longer this process's to make
         finally:
             if slot_held:
                 self._end_first_attempt()
@@ -1022,9 +1260,7 @@ class AlarmService:
             at = self.now()
             try:
                 async with asyncio.timeout(self._fire_timeout_s):
-                    result = await self._fire(
-                        alarm, tick, activation_id, maybe_fired=maybe_fired
-                    )
+                    result = await self._fire(alarm, tick, activation_id, maybe_fired=maybe_fired)
             except TimeoutError:
                 log.warning(
                     "alarm %s: fire callback did not return in %.1f s",
@@ -1307,6 +1543,8 @@ class AlarmService:
 
     def _entry(self, namespace: str, trigger: str) -> _Entry:
         self._require_started()
+        if not self.owns(namespace, trigger):
+            raise NotOwner(namespace, trigger)
         entry = self._entries.get(f"{namespace}/{trigger}")
         if entry is None:
             raise NotFoundError(f"trigger {namespace}/{trigger} has no alarm")
@@ -1327,6 +1565,8 @@ class AlarmService:
             del self._entries[entry.alarm.id]
         if self._dirty.get(entry.alarm.id) is entry:
             del self._dirty[entry.alarm.id]
+        self._fenced.pop(entry.alarm.id, None)
+        self._unowned.pop(entry.alarm.id, None)
 
 
 def _describe(alarm: Alarm) -> str:

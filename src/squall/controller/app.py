@@ -316,10 +316,12 @@ class Api:
 
     async def delete_trigger(self, request: Request, identity: Identity, tid: str) -> Response:
         path = self.simple_path(request, identity, "trigger name")
-        trigger = await self.service.delete_trigger(path)
         if self.feeds is not None:
-            # wsk tells the feed first; a plain API delete must not leave a ticking alarm.
+            # wsk tells the feed first; a plain API delete must not leave a ticking alarm. Before
+            # the trigger goes: when the alarm cannot be removed now (503), both stay, so the
+            # client's retry removes both.
             await self.feeds.forget(path.namespace, path.name)
+        trigger = await self.service.delete_trigger(path)
         return json_response(trigger.to_json(), transaction_id=tid)
 
     async def fire_trigger(self, request: Request, identity: Identity, tid: str) -> Response:

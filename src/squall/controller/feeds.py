@@ -9,23 +9,31 @@ The feed protocol is OpenWhisk's: a (blocking) invoke with `lifecycleEvent` CREA
 UPDATE, DELETE, PAUSE or UNPAUSE, `triggerName` (`/ns/name` or `/_/name`), `authKey`, plus the
 feed's parameters. So `wsk trigger create T --feed /whisk.system/alarms/alarm -p cron ...` and
 the JavaScript client's `feeds.create` work unchanged.
+
+The feed actions manage alarms through one seam, `squall.abc.AlarmAdmin`: standalone the
+AlarmService in this process (`LocalAlarms`), in a cluster the scheduler owning the alarm's
+shard (`RemoteAlarms`). When no scheduler owns that shard for a few seconds (a failover in
+progress) the feed call is answered 503 with Retry-After, not as a failed activation.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from squall.abc import AlarmAdmin
 from squall.alarms import (
     Alarm,
     AlarmService,
     AlarmValidationError,
     FireResult,
 )
+from squall.alarms.admin import LocalAlarms
+from squall.alarms.remote import AlarmsUnavailable
 from squall.controller.auth import Identity
-from squall.controller.errors import ApiError
+from squall.controller.errors import RETRY_AFTER, ApiError
 from squall.controller.service import ControllerService
 from squall.entities.activation import (
     APPLICATION_ERROR,
@@ -60,13 +68,15 @@ class AlarmFeeds:
 
     def __init__(self, controller: ControllerService) -> None:
         self._controller = controller
-        self.alarms: AlarmService | None = None
+        self.alarms: AlarmAdmin | None = None
         # Namespace -> (expiry, identity): every tick of every alarm needs one, and they
         # rarely change; a deleted namespace is noticed within IDENTITY_TTL_S.
         self._identities: dict[str, tuple[float, Identity | None]] = {}
 
-    def attach(self, alarms: AlarmService) -> None:
-        self.alarms = alarms
+    def attach(self, alarms: AlarmService | AlarmAdmin) -> None:
+        """The alarms the feed actions manage: this process's AlarmService, or (in a cluster)
+        any AlarmAdmin such as RemoteAlarms."""
+        self.alarms = LocalAlarms(alarms) if isinstance(alarms, AlarmService) else alarms
 
     # -- the feed actions ------------------------------------------------------------------
 
@@ -80,6 +90,8 @@ class AlarmFeeds:
             response = ActivationResponse(SUCCESS, result)
         except (FeedError, AlarmValidationError) as exc:
             response = ActivationResponse(APPLICATION_ERROR, {"error": str(exc)})
+        except AlarmsUnavailable as exc:  # a failover in progress: the client retries
+            raise ApiError(503, str(exc), dict(RETRY_AFTER)) from exc
         record = build_record(
             namespace=identity.namespace,
             name=feed,
@@ -103,26 +115,29 @@ class AlarmFeeds:
         event = str(params.get("lifecycleEvent", "")).upper()
         trigger = await self._trigger(identity, params.get("triggerName"))
         namespace, name = trigger.namespace, trigger.name
-        if event == "CREATE":
-            alarm = Alarm.from_params(namespace, name, FEEDS[feed], params, now=_now())
-            try:
-                await alarms.create(alarm)
-            except ConflictError as exc:
-                raise FeedError(f"trigger /{trigger.qualified} already has an alarm") from exc
-            return {"status": "success", "trigger": f"/{trigger.qualified}"}
-        if event == "READ":
-            return alarms.read_view(self._existing(namespace, name))
-        if event == "UPDATE":
-            self._existing(namespace, name)
-            return alarms.read_view(await alarms.update(namespace, name, params))
-        if event == "DELETE":
-            if not await alarms.delete(namespace, name):
-                raise FeedError(f"trigger /{trigger.qualified} has no alarm")
-            return {"status": "success", "trigger": f"/{trigger.qualified}"}
-        if event in ("PAUSE", "UNPAUSE"):
-            self._existing(namespace, name)
-            change = alarms.pause if event == "PAUSE" else alarms.resume
-            return alarms.read_view(await change(namespace, name))
+        missing = FeedError(f"trigger /{trigger.qualified} has no alarm")
+        try:
+            if event == "CREATE":
+                await alarms.create(namespace, name, FEEDS[feed], params)
+                return {"status": "success", "trigger": f"/{trigger.qualified}"}
+            if event == "READ":
+                view = await alarms.read(namespace, name)
+                if view is None:
+                    raise missing
+                return view
+            if event == "UPDATE":
+                return await alarms.update(namespace, name, params)
+            if event == "DELETE":
+                if not await alarms.delete(namespace, name):
+                    raise missing
+                return {"status": "success", "trigger": f"/{trigger.qualified}"}
+            if event in ("PAUSE", "UNPAUSE"):
+                change = alarms.pause if event == "PAUSE" else alarms.resume
+                return await change(namespace, name)
+        except ConflictError as exc:
+            raise FeedError(f"trigger /{trigger.qualified} already has an alarm") from exc
+        except NotFoundError as exc:
+            raise missing from exc
         raise FeedError(
             "lifecycleEvent must be one of CREATE, READ, UPDATE, DELETE, PAUSE, UNPAUSE"
         )
@@ -142,21 +157,24 @@ class AlarmFeeds:
             raise FeedError(f"trigger /{path.qualified} does not exist") from exc
         return path
 
-    def _existing(self, namespace: str, trigger: str) -> Alarm:
-        alarm = self._service().get(namespace, trigger)
-        if alarm is None:
-            raise FeedError(f"trigger /{namespace}/{trigger} has no alarm")
-        return alarm
-
-    def _service(self) -> AlarmService:
+    def _service(self) -> AlarmAdmin:
         if self.alarms is None:
             raise FeedError("the alarms service is not running")
         return self.alarms
 
     async def forget(self, namespace: str, trigger: str) -> None:
         """The trigger was deleted: drop its alarm, if it had one."""
-        if self.alarms is not None and self.alarms.get(namespace, trigger) is not None:
-            await self.alarms.delete(namespace, trigger)
+        if self.alarms is None:
+            return
+        try:
+            if await self.alarms.read(namespace, trigger) is not None:
+                await self.alarms.delete(namespace, trigger)
+        except AlarmsUnavailable as exc:
+            raise ApiError(
+                503,
+                f"the trigger was deleted but its alarm could not be removed now: {exc}",
+                dict(RETRY_AFTER),
+            ) from exc
 
     # -- from alarm ticks to trigger fires -------------------------------------------------
 
@@ -228,7 +246,3 @@ def _classify(exc: ApiError) -> FireResult:
     if 400 <= exc.status < 500 and exc.status not in (408, 409):
         return FireResult.trigger_gone(exc.status, exc.message)
     return FireResult.failed(exc.message, exc.status)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
