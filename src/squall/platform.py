@@ -22,6 +22,9 @@ from starlette.types import ASGIApp
 
 from squall.abc import ActivationStore, Coordinator, EntityStore, MessageBus, SandboxFactory
 from squall.alarms import AlarmService
+from squall.alarms.remote import RemoteAlarms
+from squall.alarms.routes import alarm_routes
+from squall.alarms.shards import ShardOwnership
 from squall.bus.memory import MemoryBus
 from squall.cluster.internal import InternalClient
 from squall.cluster.placement import (
@@ -105,6 +108,7 @@ class Platform:
     members: list[Member] = field(default_factory=list)
     # Clients of other members' internal endpoints: closed after the services that use them.
     internal: list[Closable] = field(default_factory=list)
+    rebalancer: AlarmRebalancer | None = None
     journal: CrashJournal | None = None
     guest_auth: str = field(default="", repr=False)
     warnings: list[str] = field(default_factory=list)
@@ -176,6 +180,8 @@ class Platform:
                 await self.placement.register(self._with_capacity(member))
             except DependencyUnavailable as exc:  # written by the coordinator once etcd is back
                 log.warning("%s %s registers when etcd answers: %s", member.role, member.id, exc)
+        if self.rebalancer is not None:  # the alarms run now: take this scheduler's shards
+            self.rebalancer.members_changed("scheduler", set(), set())
         if self.runs("invoker") and self.settings.coordination != "local":
             self._capacity = asyncio.create_task(self._report_capacity(), name="squall-capacity")
 
@@ -296,14 +302,19 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         ttl_s=settings.access.identity_ttl_s,
     )
     feeds = AlarmFeeds(controller)
+    # In a cluster each scheduler holds the alarms of the shards it owns, and fires none
+    # without a sure lease; feed operations go to the owner's internal endpoint.
+    ownership = None if one_process else ShardOwnership(settings.cluster.alarm_shards)
     # The scheduler role owns alarm timers; they fire through the controller object.
     alarms = AlarmService(
         entities,
         feeds.fire,
         on_delete_after_fire=feeds.delete_after_fire,
         on_throttled=feeds.record_throttled,
+        owns=ownership,
+        may_fire=None if one_process else (lambda: coordinator.lease_valid),
     )
-    feeds.attach(alarms)
+    feeds.attach(alarms if one_process else remote_alarms(placement, internal))
     monitors, warnings = dependency_monitors(settings)
     readiness = Readiness(
         settings,
@@ -325,7 +336,12 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
     routes = ops_routes(readiness, metrics_registry(sources))
     if "scheduler" in roles and not one_process:
         routes += queue_routes(scheduler, settings.cluster.token)
+        routes += alarm_routes(alarms, settings.cluster.token)
     placement.on_change(membership_listener(roles, scheduler))
+    rebalancer = None
+    if ownership is not None and "scheduler" in roles:
+        rebalancer = AlarmRebalancer(placement, ownership, alarms, member_ids["scheduler"])
+        placement.on_change(rebalancer.members_changed)
     if roles == ALL_ROLES:  # the dashboard reads every role's state in-process
         full = StandaloneSources(activations, scheduler, invoker, alarms, readiness)
         routes += ui_routes(auth, full)
@@ -360,6 +376,7 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         app,
         members=[Member(role, member_ids[role], url) for role in ROLES if role in roles],
         internal=[internal, endpoints],
+        rebalancer=rebalancer,
         journal=journal,
         warnings=warnings,
     )
@@ -419,6 +436,55 @@ def scheduler_placement(
         "route": placement.scheduler_for,
         "may_dispatch": lambda: coordinator.lease_valid,
     }
+
+
+def remote_alarms(placement: Placement, client: InternalClient) -> RemoteAlarms:
+    """Feed operations sent to the scheduler owning the alarm's shard."""
+
+    def owner_url(namespace: str, trigger: str) -> str | None:
+        owner = placement.alarm_owner(namespace, trigger)
+        return placement.url_of("scheduler", owner) if owner is not None else None
+
+    def scheduler_urls() -> list[str]:
+        urls = (placement.url_of("scheduler", sid) for sid in placement.live("scheduler"))
+        return [url for url in urls if url]
+
+    return RemoteAlarms(client, owner_url, scheduler_urls=scheduler_urls)
+
+
+@dataclass
+class AlarmRebalancer:
+    """Gives this scheduler the alarm shards the membership assigns it, one rebalance at a
+    time (a change during a rebalance runs another one after it)."""
+
+    placement: Placement
+    ownership: ShardOwnership
+    alarms: AlarmService
+    scheduler_id: str
+    _running: asyncio.Task[None] | None = None
+    _again: bool = False
+
+    def members_changed(self, role: Role, joined: set[str], left: set[str]) -> None:
+        if role != "scheduler":
+            return
+        if self._running is not None and not self._running.done():
+            self._again = True
+            return
+        self._running = asyncio.ensure_future(self._rebalance())
+
+    async def _rebalance(self) -> None:
+        while True:
+            self._again = False
+            owned = self.placement.shards_of(self.scheduler_id)
+            if owned != self.ownership.owned and self.alarms.state == "running":
+                self.ownership.assign(owned)
+                log.info("alarm shards: %d of %d here", len(owned), self.ownership.shards)
+                try:
+                    await self.alarms.rebalance()
+                except SquallError as exc:  # the store is down: the next change retries
+                    log.warning("alarm rebalance failed: %s", exc)
+            if not self._again:
+                return
 
 
 def membership_listener(roles: frozenset[Role], scheduler: SchedulerService) -> MembersChanged:

@@ -161,6 +161,12 @@ class Placement:
         shard = alarm_shard(namespace, trigger, self.alarm_shards)
         return rendezvous(f"shard/{shard}", self._sorted["scheduler"])
 
+    def shards_of(self, scheduler_id: str) -> frozenset[int]:
+        """The alarm shards a scheduler owns in this view."""
+        schedulers = self._sorted["scheduler"]
+        return frozenset(shard for shard in range(self.alarm_shards)
+                         if rendezvous(f"shard/{shard}", schedulers) == scheduler_id)  # fmt: skip
+
     def url_of(self, role: Role, member_id: str) -> str | None:
         member = self.members[role].get(member_id)
         return member.url if member is not None and member.url else None
