@@ -221,6 +221,13 @@ class LocalTansu:
     def stop(self) -> None:
         _stop(self.process)
 
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop, stay down `down_s`, start again on the same port: every topic is gone (memory
+        storage), as after a real broker lost its data."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
 
 @dataclass
 class LocalEtcd:
