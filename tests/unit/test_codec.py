@@ -9,7 +9,13 @@ import pytest
 from squall.bus import codec
 from squall.bus.codec import MessageError
 from squall.entities.action import Action, ActionLimits
-from squall.messages import MESSAGE_VERSION, ActivationMessage, Completion, ContainerCreation, QueueKey
+from squall.messages import (
+    MESSAGE_VERSION,
+    ActivationMessage,
+    Completion,
+    ContainerCreation,
+    QueueKey,
+)
 
 CODE = "def main(args):\n    return {'secret-code': 1}\n"
 
@@ -51,7 +57,7 @@ def test_a_creation_and_a_completion_round_trip() -> None:
 def test_a_newer_version_is_refused_with_the_fix() -> None:
     doc = json.loads(codec.encode(Completion("a1", "c0", {})))
     doc["v"] = MESSAGE_VERSION + 1
-    with pytest.raises(MessageError, match="newer than this process reads.*upgrade"):
+    with pytest.raises(MessageError, match=r"newer than this process reads.*upgrade"):
         codec.decode(json.dumps(doc))
 
 

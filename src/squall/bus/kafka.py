@@ -53,8 +53,9 @@ REDELIVERIES = 3  # a retriable delivery failure is produced again this many tim
 _TOPIC_GONE = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"}
 
 
-def _latency_config() -> dict[str, Any]:
-    return {"socket.nagle.disable": True}
+# A small request goes out at once instead of waiting for the ACK of the one before (Nagle's
+# algorithm with delayed ACKs costs ~40 ms a hop).
+_NO_NAGLE = {"socket.nagle.disable": True}
 
 
 class KafkaBus(MessageBus):
@@ -96,6 +97,7 @@ class KafkaBus(MessageBus):
         self._threads: list[threading.Thread] = []
         self._subscriptions: set[KafkaSubscription] = set()
         self._delivery_failure: str | None = None
+        self._ok_last_round = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -109,12 +111,9 @@ class KafkaBus(MessageBus):
         from confluent_kafka.admin import AdminClient
 
         self._loop = asyncio.get_running_loop()
-        self._admin = self._client(AdminClient, "admin", {})
-        self._producer = self._client(
-            Producer,
-            "producer",
-            {"linger.ms": 0, "acks": 1, **_latency_config()},
-        )
+        admin_config = client_config(self.kafka, client_id=f"{self.client_id}-admin")
+        self._admin = self._client(AdminClient, admin_config)
+        self._producer = self._client(Producer, self.producer_config())
         for target, name in ((self._serve_producer, "producer"), (self._keep, "keeper")):
             thread = threading.Thread(target=target, name=f"squall-kafka-{name}", daemon=True)
             thread.start()
@@ -140,17 +139,22 @@ class KafkaBus(MessageBus):
     def problem(self) -> str | None:
         return self._problem
 
-    def _client(self, kind: Any, role: str, extra: dict[str, Any]) -> Any:
-        config = {
-            **client_config(self.kafka, client_id=f"{self.client_id}-{role}"),
-            "error_cb": self.collected.on_error,
-            "logger": self.collected,
-            **extra,
-        }
+    def _client(self, kind: Any, config: dict[str, Any]) -> Any:
+        callbacks = {"error_cb": self.collected.on_error, "logger": self.collected}
         try:
-            return kind(config)
+            return kind({**config, **callbacks})
         except Exception as exc:  # librdkafka refuses the settings (e.g. a missing CA file)
             raise ConfigurationError(f"the Kafka client refuses its settings: {exc}") from exc
+
+    def producer_config(self) -> dict[str, Any]:
+        """The librdkafka settings of this process's producer (without the callbacks)."""
+        return {
+            **client_config(self.kafka, client_id=f"{self.client_id}-producer"),
+            # Latency first: send at once (no batching delay), acknowledged by the leader.
+            "linger.ms": 0,
+            "acks": 1,
+            **_NO_NAGLE,
+        }
 
     # -- topics ------------------------------------------------------------------------------
 
@@ -178,12 +182,14 @@ class KafkaBus(MessageBus):
     def _create(self, names: list[str]) -> set[str]:
         """Create the topics; the names that exist afterwards."""
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import NewTopic
+        from confluent_kafka.cimpl import NewTopic
 
         if self._admin is None or not names:
             return set()
-        new = [NewTopic(name, num_partitions=self.kafka.partitions,
-                        replication_factor=self.kafka.replication_factor) for name in names]  # fmt: skip
+        partitions, replicas = self.kafka.partitions, self.kafka.replication_factor
+        new = [
+            NewTopic(name, num_partitions=partitions, replication_factor=replicas) for name in names
+        ]
         futures = self._admin.create_topics(new, request_timeout=PROBE_TIMEOUT_S)
         existing = set()
         for name, future in futures.items():
@@ -214,9 +220,15 @@ class KafkaBus(MessageBus):
         """One round of the keeper; how long to wait before the next."""
         try:
             diagnosis = probe(self._admin, self.collected, self.kafka, PROBE_TIMEOUT_S)
+            if not diagnosis.ok and self._ok_last_round:
+                # The broker just went away: what librdkafka said as it went (connections
+                # closed by the peer) would read as a refusal. Judge by what happens now.
+                self.collected.clear()
+                diagnosis = probe(self._admin, self.collected, self.kafka, PROBE_TIMEOUT_S)
         except Exception as exc:  # a probe that breaks is a reason, never a dead keeper
             self._report(f"the Kafka client failed: {type(exc).__name__}")
             return delay
+        self._ok_last_round = diagnosis.ok
         if not diagnosis.ok:
             if diagnosis.stage == "connect":
                 # What librdkafka said while the broker went away (connections closed by the
@@ -317,7 +329,7 @@ class KafkaBus(MessageBus):
             "heartbeat.interval.ms": 500,
             # A topic re-created after a broker restart is seen again within seconds.
             "topic.metadata.refresh.interval.ms": 2000,
-            **_latency_config(),
+            **_NO_NAGLE,
         }
 
 
@@ -366,9 +378,11 @@ class KafkaSubscription(Subscription):
         from confluent_kafka import Consumer
 
         self._bus._ensure_now(self.topic)
-        config = {**self._bus.consumer_config(self.group), "error_cb": self._bus.collected.on_error,
-                  "logger": self._bus.collected}  # fmt: skip
-        consumer = Consumer(config)
+        try:
+            consumer = self._bus._client(Consumer, self._bus.consumer_config(self.group))
+        except ConfigurationError as exc:
+            log.error("kafka: cannot consume %s: %s", self.topic, exc)
+            return
         consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self._closing.is_set():
