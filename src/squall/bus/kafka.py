@@ -177,34 +177,33 @@ class KafkaBus(MessageBus):
 
     def _ensure_now(self, name: str) -> bool:
         self._want(name)
-        return name in self._create([name])
+        return not self._create([name])
 
-    def _create(self, names: list[str]) -> set[str]:
-        """Create the topics; the names that exist afterwards."""
+    def _create(self, names: list[str]) -> dict[str, str]:
+        """Create the topics (one that exists already is fine); why each failed one failed."""
         from confluent_kafka import KafkaException
         from confluent_kafka.cimpl import NewTopic
 
-        if self._admin is None or not names:
-            return set()
+        if not names:
+            return {}
+        if self._admin is None:
+            return dict.fromkeys(names, "the bus is not started")
         partitions, replicas = self.kafka.partitions, self.kafka.replication_factor
         new = [
             NewTopic(name, num_partitions=partitions, replication_factor=replicas) for name in names
         ]
         futures = self._admin.create_topics(new, request_timeout=PROBE_TIMEOUT_S)
-        existing = set()
+        failed: dict[str, str] = {}
         for name, future in futures.items():
             try:
                 future.result(PROBE_TIMEOUT_S + 1)
-                log.info("kafka: created topic %s (%d partitions)", name, self.kafka.partitions)
+                log.info("kafka: created topic %s (%d partitions)", name, partitions)
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                    log.debug("kafka: creating topic %s failed: %s", name, exc.args[0].str())
-                    continue
+                    failed[name] = f"{exc.args[0].name()}: {exc.args[0].str()}"
             except Exception as exc:  # a timeout: the keeper tries again
-                log.debug("kafka: creating topic %s failed: %r", name, exc)
-                continue
-            existing.add(name)
-        return existing
+                failed[name] = repr(exc)
+        return failed
 
     def _keep(self) -> None:
         """The keeper thread: check, (re)create topics, report; see the module docstring."""
@@ -239,9 +238,16 @@ class KafkaBus(MessageBus):
         self.collected.clear()
         with self._wanted_lock:
             missing = sorted(self._wanted - set(diagnosis.topics))
-        created = self._create(missing)
-        if set(missing) - created:
-            return delay  # the broker answers metadata but refuses to create: retry soon
+        failed = self._create(missing)
+        if failed:  # the broker answers but does not create them: say so, retry with backoff
+            name, why = next(iter(failed.items()))
+            self._report(
+                f"the brokers {','.join(self.kafka.bootstrap)} did not create topic {name} "
+                f"({why}); fix: create the topics {', '.join(sorted(failed))} with "
+                f"{self.kafka.partitions} partition(s), or let Squall's user create topics and "
+                "keep SQUALL_KAFKA_REPLICATION_FACTOR at most the number of brokers"
+            )
+            return delay
         self._report(None)
         return CHECK_INTERVAL_S
 
@@ -292,7 +298,9 @@ class KafkaBus(MessageBus):
                 self._delivery_failure = None
             return
         name = error.name()
-        if name in _TOPIC_GONE or error.retriable():
+        # Not after a timeout: a message the brokers did not take for message.timeout.ms
+        # (5 min) is stale by now.
+        if name in _TOPIC_GONE or (error.retriable() and name != "_MSG_TIMED_OUT"):
             self._wake.set()
             if attempt < REDELIVERIES and not self._stopping.is_set():
                 with contextlib.suppress(BufferError, DependencyUnavailable):
