@@ -72,7 +72,9 @@ async def assigned(*subscriptions: Subscription) -> None:
     await until(lambda: all(m.assignment() for m in members), JOIN_TIMEOUT_S, "assignment")
 
 
-async def test_each_message_type_round_trips_between_two_processes(tansu: LocalTansu) -> None:
+async def test_each_message_type_round_trips_between_two_processes(
+    tansu: LocalTansu, caplog: pytest.LogCaptureFixture
+) -> None:
     action = Action("guest", "hello", "python:3", "def main(a): return a", "main", False,
                     ActionLimits(60_000, 256, 10, 1))  # fmt: skip
     activation = ActivationMessage(
@@ -84,11 +86,20 @@ async def test_each_message_type_round_trips_between_two_processes(tansu: LocalT
     done = Completion("a1", "controller0", {"activationId": "a1", "response": {"result": {}}})
     async with buses(settings(tansu)) as (sender, receiver):
         received, handler = collector()
+        seen_by_flaky: list[object] = []
+
+        def flaky(message: object) -> None:  # a failing handler must not stop its topic
+            seen_by_flaky.append(message)
+            raise ValueError("handler bug")
+
         subscription = receiver.subscribe("scheduler0", "scheduler0", handler)
+        failing = receiver.subscribe("scheduler0", "flaky", flaky)
         for message in (activation, creation, done):
             sender.publish("scheduler0", message)
-        await until(lambda: len(received) == 3, JOIN_TIMEOUT_S, "three messages")
+        await until(lambda: len(received) == 3 and len(seen_by_flaky) == 3, JOIN_TIMEOUT_S, "all")
         await subscription.close()
+        await failing.close()
+    assert len([r for r in caplog.records if "a handler failed" in r.getMessage()]) == 3
     got_activation, got_creation, got_done = received
     assert got_activation.content == {"name": "Ada"} and got_activation.blocking
     assert got_activation.action.qualified == "guest/hello" and got_activation.revision == 3

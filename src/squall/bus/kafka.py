@@ -9,8 +9,10 @@ waits on the network:
   kind of error, never with the message (it may carry an API key).
 - one consumer per subscription, in its own thread: it decodes each message and hands it to
   the event loop (`call_soon_threadsafe`); the offset is committed only after the handler ran,
-  so a message is never lost by a process that dies between fetching and handling it. An
-  unreadable message is logged, skipped and committed: one bad message must not stop a topic.
+  so a message is never lost by a process that dies between fetching and handling it (and,
+  across a rebalance or a crash, may be handled twice: at least once). An unreadable message,
+  or one whose handler raises, is logged, skipped and committed: one bad message must not stop
+  a topic.
 - a keeper thread with an admin client: it creates the topics this process uses (with the
   configured partitions), checks once a second that they still exist and creates them again
   when a broker lost them (Tansu keeps topics in memory only), and turns librdkafka's errors
