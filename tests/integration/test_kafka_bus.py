@@ -224,16 +224,20 @@ async def test_a_refusing_broker_is_reported_fast_once_and_without_the_password(
 
 
 async def test_broker_down_at_start_then_up(tansu: LocalTansu) -> None:
+    from confluent_kafka.admin import AdminClient
+
     binary = tansu_binary()  # present: the tansu fixture requires it
     assert binary is not None
     broker = LocalTansu(binary)  # not started yet
-    bus = KafkaBus(settings(broker))
+    bus = KafkaBus(settings(broker), topics=["early"])
     await bus.start()  # nothing listens yet: no exception, a reason
     try:
         await until(lambda: bus.problem() is not None, 3.0, "the outage reported")
         assert "cannot connect" in (bus.problem() or "")
         broker.start()
         await until(lambda: bus.problem() is None, 15.0, "recovery")
+        topics = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=5)
+        assert bus.topic_name("early") in topics.topics  # created by the bus once it could
     finally:
         await bus.close()
         broker.stop()

@@ -54,7 +54,6 @@ REDELIVERIES = 3  # a retriable delivery failure is produced again this many tim
 # Errors after which the topic is created again and the message produced again.
 _TOPIC_GONE = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"}
 
-
 # A small request goes out at once instead of waiting for the ACK of the one before (Nagle's
 # algorithm with delayed ACKs costs ~40 ms a hop).
 _NO_NAGLE = {"socket.nagle.disable": True}
