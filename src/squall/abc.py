@@ -324,6 +324,11 @@ class MessageBus(abc.ABC):
         Handlers must not block: they hand work to the event loop and return.
         """
 
+    def problem(self) -> str | None:
+        """Why the bus is not usable now (for readiness): the reason and the settings to
+        check; None when it is. A bus with a problem keeps retrying by itself."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------------
 # Coordination: membership, leases and ownership (etcd in a cluster).

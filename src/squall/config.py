@@ -199,7 +199,16 @@ class KafkaSettings:
     )
     ssl_verify: bool = setting(True, help="verify the broker's certificate against the CA")
     ssl_check_hostname: bool = setting(True, help="check the broker's name in its certificate")
-    topic_prefix: str = setting("", aliases=("whisk.kafka.topics.prefix",))
+    topic_prefix: str = setting(
+        "", aliases=("whisk.kafka.topics.prefix",), help="prepended to every topic name"
+    )
+    # Topics Squall creates (on start and subscribe, and again after a broker lost them).
+    partitions: int = setting(1, help="partitions of each topic Squall creates")
+    replication_factor: int = setting(1, help="replicas of each topic Squall creates")
+    # How long the broker may hold a consumer's fetch when no message is there. Apache Kafka
+    # answers a held fetch as soon as a message arrives, so there a larger value (100) only
+    # saves requests; Tansu holds every fetch for the full time, so it is each hop's latency.
+    fetch_wait_ms: int = setting(2, help="fetch.wait.max.ms of the bus's consumers")
 
 
 @dataclass(slots=True, frozen=True)
@@ -1047,6 +1056,11 @@ def _check_kafka(s: Settings) -> Iterator[Problem]:
             "the Kafka bus needs brokers, and none are set",
             "set SQUALL_KAFKA_BOOTSTRAP=host:9092[,host2:9092] (or KAFKA_HOSTS)",
         )
+    for key, value in (("kafka.partitions", k.partitions),
+                       ("kafka.replication_factor", k.replication_factor),
+                       ("kafka.fetch_wait_ms", k.fetch_wait_ms)):  # fmt: skip
+        if value < 1:
+            yield _problem(s, key, f"{key}={value} must be at least 1", "set it to 1 or more")
     yield from _check_kafka_sasl(s)
     yield from _check_kafka_tls(s)
 

@@ -217,12 +217,22 @@ class LocalTansu:
                 "--advertised-listener-url", listener]  # fmt: skip
         if self.authentication:
             argv.append("--authentication")
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         _wait_port(self.port, 10.0)
 
     def stop(self) -> None:
         _stop(self.process)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Kill (SIGKILL: Tansu's graceful stop waits ~5 s for its clients), stay down `down_s`,
+        start again on the same port: every topic and offset is gone (memory storage)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        time.sleep(down_s)
+        self.start()
 
 
 @dataclass

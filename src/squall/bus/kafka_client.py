@@ -18,8 +18,10 @@ import contextlib
 import logging
 import re
 import socket
+import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -90,19 +92,39 @@ class Diagnosis:
     topics: list[str] = field(default_factory=list)
 
 
-class _Collected:
-    """librdkafka's log lines and error callbacks, gathered while a probe runs. It stands in
-    for a logger: confluent-kafka only calls `log(level, format, *args)` on what it is given."""
+class Collected:
+    """librdkafka's log lines and error callbacks, gathered while a probe runs (or, for the bus,
+    since the last success). It stands in for a logger: confluent-kafka only calls
+    `log(level, format, *args)` on what it is given. Bounded, and safe to feed from librdkafka's
+    threads while another thread reads it."""
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.errors: list[tuple[str, str]] = []
+    def __init__(self, keep: int = 200) -> None:
+        self._lines: deque[str] = deque(maxlen=keep)
+        self._errors: deque[tuple[str, str]] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    @property
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._errors)
 
     def log(self, level: int, message: str, *args: Any) -> None:
-        self.lines.append(message % args if args else message)
+        with self._lock:
+            self._lines.append(message % args if args else message)
 
     def on_error(self, error: Any) -> None:
-        self.errors.append((error.name(), _NOISE.sub("", error.str())))
+        with self._lock:
+            self._errors.append((error.name(), _NOISE.sub("", error.str())))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._lines.clear()
+            self._errors.clear()
 
     def authentication_error(self) -> str | None:
         return next((text for name, text in self.errors if name == "_AUTHENTICATION"), None)
@@ -111,17 +133,23 @@ class _Collected:
 def diagnose(kafka: KafkaSettings, timeout_s: float = 3.0) -> Diagnosis:
     """Connect, authenticate and read metadata once; returns as soon as the answer is known."""
     require_client()
-    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     unreachable = _unreachable(kafka.bootstrap, min(timeout_s, 2.0))
     if unreachable:
         return Diagnosis(False, "connect", f"cannot connect to {', '.join(unreachable)}",
                          _fix_connect(kafka))  # fmt: skip
-    collected = _Collected()
+    collected = Collected()
     config: dict[str, Any] = {**client_config(kafka, client_id="squall-probe"),
                               "error_cb": collected.on_error, "logger": collected}  # fmt: skip
-    admin = AdminClient(config)
+    return probe(AdminClient(config), collected, kafka, timeout_s)
+
+
+def probe(admin: Any, collected: Collected, kafka: KafkaSettings, timeout_s: float) -> Diagnosis:
+    """One metadata request through `admin` (whose error_cb and logger feed `collected`); a
+    refusal is answered as soon as librdkafka reports it, not at the timeout."""
+    from confluent_kafka import KafkaException
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -132,6 +160,10 @@ def diagnose(kafka: KafkaSettings, timeout_s: float = 3.0) -> Diagnosis:
                 break
             continue
         return Diagnosis(True, "metadata", topics=sorted(metadata.topics))
+    unreachable = _unreachable(kafka.bootstrap, 1.0)
+    if unreachable:
+        return Diagnosis(False, "connect", f"cannot connect to {', '.join(unreachable)}",
+                         _fix_connect(kafka))  # fmt: skip
     return _refused(kafka, collected)
 
 
@@ -147,7 +179,7 @@ def _unreachable(bootstrap: tuple[str, ...], timeout_s: float) -> list[str]:
     return down if len(down) == len(bootstrap) else []
 
 
-def _refused(kafka: KafkaSettings, collected: _Collected) -> Diagnosis:
+def _refused(kafka: KafkaSettings, collected: Collected) -> Diagnosis:
     brokers = ", ".join(kafka.bootstrap)
     auth_error = collected.authentication_error()
     if auth_error is not None:
@@ -175,13 +207,13 @@ def _refused(kafka: KafkaSettings, collected: _Collected) -> Diagnosis:
                      f"request: {last}", _fix_connect(kafka))  # fmt: skip
 
 
-def _dropped(collected: _Collected) -> bool:
+def _dropped(collected: Collected) -> bool:
     """Every broker went down although TCP connects: the broker hangs up on us (no waiting
     for the full timeout, the answer will not change)."""
     return any(name == "_ALL_BROKERS_DOWN" for name, _ in collected.errors)
 
 
-def _closed_by_broker(collected: _Collected) -> bool:
+def _closed_by_broker(collected: Collected) -> bool:
     texts = collected.lines + [text for _, text in collected.errors]
     return any("by peer" in text or "brokers are down" in text for text in texts)
 
@@ -202,7 +234,7 @@ def round_trip(kafka: KafkaSettings, topic: str, timeout_s: float = 10.0) -> flo
 
     base: dict[str, Any] = {
         **client_config(kafka, client_id="squall-doctor"),
-        "logger": _Collected(),
+        "logger": Collected(),
     }
     started = time.monotonic()
     admin = AdminClient(base)
