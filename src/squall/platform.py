@@ -48,7 +48,8 @@ from squall.controller.auth import (
 from squall.controller.feeds import AlarmFeeds
 from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
-from squall.errors import ConfigurationError, DependencyUnavailable, SquallError
+from squall.entities.action import Action
+from squall.errors import ConfigurationError, DependencyUnavailable, NotFoundError, SquallError
 from squall.invoker.remote import RemoteEndpoints
 from squall.invoker.service import InvokerService
 from squall.ops.dependencies import DependencyMonitor, etcd_monitor, kafka_monitor
@@ -127,11 +128,10 @@ class Platform:
             self.journal.open()
         self._started.append(self.readiness)  # closes the monitors and the probe
         await self.readiness.start_monitors()
-        if self.runs("controller") or self.runs("scheduler"):
-            url = self.settings.entity_store_url
-            self.readiness.note("entity_store", Check("starting", f"connecting to {url.redacted}"))
-            self._started.append(self.entities)  # a start cancelled while retrying closes it
-            await start_with_retry(self.entities, "entity store", on_failure=self._store_down)
+        url = self.settings.entity_store_url
+        self.readiness.note("entity_store", Check("starting", f"connecting to {url.redacted}"))
+        self._started.append(self.entities)  # a start cancelled while retrying closes it
+        await start_with_retry(self.entities, "entity store", on_failure=self._store_down)
         for component in self._backends():
             self._started.append(component)
             await component.start()
@@ -248,7 +248,7 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
     # Batched record writes (and the in-process bus) live in memory: journal what they hold.
     journal = CrashJournal(settings.data_dir / JOURNAL_FILE)
     activations.journal = journal
-    bus = message_bus(settings, journal)
+    bus = message_bus(settings, journal, "-".join(member_ids[r] for r in ROLES if r in roles))
     coordinator = coordination(settings)
     placement = Placement(coordinator, settings.cluster.alarm_shards)
     source = settings.source("runtimes.manifest")
@@ -280,6 +280,7 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         api_host=api_host,
         runtimes=runtimes,
         invoker_id=member_ids["invoker"],
+        load_code=None if one_process else CodeLoader(entities).load,
     )
     controller = ControllerService(
         entities=entities,
@@ -318,7 +319,7 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
     monitors, warnings = dependency_monitors(settings)
     readiness = Readiness(
         settings,
-        entities=entities if roles & {"controller", "scheduler"} else None,
+        entities=entities,
         activations=activations,
         scheduler=scheduler if "scheduler" in roles else None,
         alarms=alarms if "scheduler" in roles else None,
@@ -393,7 +394,7 @@ def check_roles(settings: Settings, roles: frozenset[Role]) -> None:
         problems.append("SQUALL_BUS=kafka (and SQUALL_KAFKA_BOOTSTRAP)")
     if settings.coordination != "etcd":
         problems.append("SQUALL_COORDINATION=etcd (and SQUALL_ETCD_ENDPOINTS)")
-    if roles & {"controller", "scheduler"} and settings.entity_store_url.kind == "sqlite":
+    if settings.entity_store_url.kind == "sqlite":
         problems.append(f"{settings.stores.entity_variable} to a PostgreSQL URL")
     if settings.activation_store_url.kind == "sqlite":
         problems.append(f"{settings.stores.activation_variable} to a PostgreSQL or "
@@ -436,6 +437,31 @@ def scheduler_placement(
         "route": placement.scheduler_for,
         "may_dispatch": lambda: coordinator.lease_valid,
     }
+
+
+class CodeLoader:
+    """An action's code for an invoker in a cluster, read from the entity store once per
+    version (the action's `updated` time) and kept for the next containers."""
+
+    KEPT = 256
+
+    def __init__(self, entities: EntityStore) -> None:
+        self._entities = entities
+        self._kept: dict[tuple[str, int], Action] = {}
+
+    async def load(self, action: Action) -> Action:
+        key = (action.qualified, action.updated)
+        kept = self._kept.get(key)
+        if kept is not None:
+            return kept
+        stored = await self._entities.get("actions", action.namespace, action.name)
+        if stored is None:
+            raise NotFoundError(f"the action {action.qualified} was deleted")
+        loaded = Action.from_json(stored.doc)
+        if len(self._kept) >= self.KEPT:
+            self._kept.pop(next(iter(self._kept)))
+        self._kept[key] = loaded
+        return loaded
 
 
 def remote_alarms(placement: Placement, client: InternalClient) -> RemoteAlarms:
@@ -524,7 +550,11 @@ def membership_checks(
     return checks
 
 
-def message_bus(settings: Settings, journal: CrashJournal) -> MessageBus:
+def message_bus(settings: Settings, journal: CrashJournal, client_id: str) -> MessageBus:
+    if settings.bus == "kafka":
+        from squall.bus.kafka import KafkaBus
+
+        return KafkaBus(settings.kafka, client_id=client_id)
     return JournaledBus(MemoryBus(), journal)  # it journals what only memory holds
 
 
@@ -539,9 +569,9 @@ def coordination(settings: Settings) -> Coordinator:
 def dependency_monitors(settings: Settings) -> tuple[list[DependencyMonitor], list[str]]:
     """Readiness monitors for Kafka and etcd when configured, and what to warn about.
 
-    Until cluster mode brings the Kafka bus and the etcd coordinator, one process carries its
-    messages and leases in-process; with `bus=kafka` or `coordination=etcd` it still checks
-    those services, so readiness and `/readyz` tell the truth about them before the switch.
+    They check the services independently of the bus and the coordinator (connect, log in,
+    metadata or a lease round trip), so `/readyz` names the broker or endpoint, the mechanism
+    and the settings to fix even before the bus's own clients have connected.
     """
     monitors: list[DependencyMonitor] = []
     warnings: list[str] = []
@@ -550,8 +580,6 @@ def dependency_monitors(settings: Settings) -> tuple[list[DependencyMonitor], li
 
         require_client()
         monitors.append(kafka_monitor(settings.kafka))
-        warnings.append("bus=kafka: the broker is checked for readiness; this process still "
-                        "carries its messages in-process (the Kafka bus comes with cluster mode)")
     if settings.coordination == "etcd":
         monitors.append(etcd_monitor(settings.etcd))
     return monitors, warnings

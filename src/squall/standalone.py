@@ -165,10 +165,9 @@ def role_announcement(platform: Platform) -> list[str]:
     lines = [
         f"Squall {members} listening on http://{settings.host}:{settings.port}",
         f"kafka: {', '.join(settings.kafka.bootstrap)}; etcd: {', '.join(settings.etcd.endpoints)}",
+        f"entity store: {settings.entity_store_url.redacted}",
         f"activation store: {settings.activation_store_url.redacted}",
     ]
-    if platform.runs("controller") or platform.runs("scheduler"):
-        lines.append(f"entity store: {settings.entity_store_url.redacted}")
     if settings.cluster.token is None:
         lines.append("warning: SQUALL_CLUSTER_TOKEN is not set: the internal endpoints between "
                      "members accept any caller that reaches this port")  # fmt: skip

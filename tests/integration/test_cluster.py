@@ -167,10 +167,13 @@ def test_one_of_each_role_runs_actions_and_alarms(make_cluster: Callable[..., Cl
         assert first.json()["response"]["result"] == {"got": {"n": 1}}
         warm = [invoke(api, "echo", n=i) for i in range(20)]
         assert all(r.status_code == 200 for r in warm), cluster.logs()
-        # The record was written by the invoker process, read back through the controller.
+        # The record was written by the invoker process (in batches, within milliseconds), and
+        # is read back through the controller.
         activation_id = warm[-1].json()["activationId"]
-        stored = api.get(f"/api/v1/namespaces/_/activations/{activation_id}")
-        assert stored.status_code == 200 and stored.json()["response"]["result"]["got"] == {"n": 19}
+        path = f"/api/v1/namespaces/_/activations/{activation_id}"
+        stored = wait_until(lambda: (r := api.get(path)).status_code == 200 and r, 5,
+                            "the record", cluster.logs)  # fmt: skip
+        assert stored.json()["response"]["result"]["got"] == {"n": 19}
 
         # An alarm created through the controller lives on the scheduler and fires the rule.
         trigger, rule = unique("tick"), unique("rule")

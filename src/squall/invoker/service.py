@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from squall.abc import (
     SandboxSpec,
 )
 from squall.config import InvokerSettings, SystemLimits
+from squall.entities.action import Action
 from squall.errors import QueueGone, StoreError
 from squall.invoker.execute import execute
 from squall.invoker.prewarm import PrewarmPool, PrewarmPools
@@ -66,6 +67,7 @@ class InvokerService:
         api_host: str,
         invoker_id: str = INVOKER_TOPIC,
         runtimes: Manifest | None = None,
+        load_code: Callable[[Action], Awaitable[Action]] | None = None,
     ) -> None:
         self._bus, self._factory, self._endpoint_for = bus, factory, endpoint_for
         self._activations, self._settings, self._limits = activations, settings, limits
@@ -75,6 +77,9 @@ class InvokerService:
         # Container ids differ between runs of one invoker id: a restarted invoker's `c1` is not
         # taken by its schedulers for the `c1` its predecessor died with.
         self._boot = secrets.token_hex(2)
+        # In a cluster, where an action's code is read from (as OpenWhisk's invokers read it
+        # from the database): activation messages carry none.
+        self._load_code = load_code
         self.prewarm = PrewarmPools(stem_cell_pools(factory, runtimes, settings, limits))
         self.counts = ActivationCounts()  # read by the metrics collector at scrape time
 
@@ -161,6 +166,16 @@ class InvokerService:
     async def _run_container(self, container: _Container) -> None:
         creation = container.creation
         action = creation.action
+        if self._load_code is not None and not action.code:
+            try:  # the scheduler knows the action from messages, which carry no code
+                creation.action = action = await self._load_code(action)
+            except Exception as exc:
+                log.warning("the code of %s could not be read: %s", action.qualified, exc)
+                self._containers.pop(container.container_id, None)
+                container.endpoint.creation_failed(
+                    creation.queue, creation.creation_id, str(exc), False
+                )
+                return
         spec = SandboxSpec(action.kind, action.limits.memory, action.limits.logs * MB)
         try:
             sandbox = self.prewarm.take(spec) or await self._factory.create(spec)
