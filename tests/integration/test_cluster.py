@@ -220,6 +220,9 @@ def test_killed_scheduler_hands_its_alarms_over_without_double_fires(
         triggers = [unique("tick") for _ in range(8)]  # spread over both schedulers' shards
         for trigger in triggers:
             assert api.put(f"/api/v1/namespaces/_/triggers/{trigger}", json={}).status_code == 200
+            rule = api.put(f"/api/v1/namespaces/_/rules/r-{trigger}",
+                           json={"trigger": f"/_/{trigger}", "action": "/_/echo"})  # fmt: skip
+            assert rule.status_code == 200, rule.text
             created = feed(api, trigger, "CREATE", cron="* * * * * *")
             assert created.status_code == 200, created.text + cluster.logs()
         wait_until(lambda: all(records(api, t) for t in triggers), 10, "every alarm fires",
