@@ -374,7 +374,10 @@ def test_killing_the_etcd_leader_does_not_interrupt_serving(
             statuses: collections.Counter[int] = collections.Counter()
             until = time.monotonic() + 3 * LEASE_TTL_S
             while time.monotonic() < until:
-                statuses[invoke(api, "echo").status_code] += 1
+                try:
+                    statuses[invoke(api, "echo").status_code] += 1
+                except httpx.HTTPError as exc:  # a hang or a dropped connection, with the logs
+                    raise AssertionError(f"{exc!r} after {statuses}\n{cluster.logs()}") from exc
             assert set(statuses) == {200}, (statuses, cluster.logs())
             # Nobody lost its lease or its place: every member is still ready.
             wait_until(lambda: all(cluster.ready(m) for m in cluster.members), 10,

@@ -317,7 +317,11 @@ class KafkaBus(MessageBus):
 
     def subscribe(self, topic: str, group: str, handler: MessageHandler) -> Subscription:
         loop = self._loop or asyncio.get_running_loop()
-        subscription = KafkaSubscription(self, self.topic_name(topic), group, handler, loop)
+        # The prefix separates deployments sharing a broker: their groups too, so one's dead
+        # members never hold up another's rebalance.
+        subscription = KafkaSubscription(
+            self, self.topic_name(topic), self.topic_name(group), handler, loop
+        )
         self._subscriptions.add(subscription)
         subscription.begin()
         return subscription
