@@ -185,8 +185,10 @@ def measure_alarms(plan: Plan, found: Services) -> dict[str, Any]:
         time.sleep(plan.cluster_alarm_warmup_s)
         schedulers = [m for m in members if m.role == "scheduler"]
         lags = {m.member_id: scrape_lag(m) for m in schedulers}
+    worst = [lag["lag_p99_ms"] for lag in lags.values() if lag["lag_p99_ms"] is not None]
     return {"alarms": count, "fires_per_s": count, "setup_s": round(setup_s, 1),
-            "warmup_s": plan.cluster_alarm_warmup_s, "schedulers": lags}  # fmt: skip
+            "warmup_s": plan.cluster_alarm_warmup_s, "schedulers": lags,
+            "lag_p99_ms_worst": max(worst) if worst else None}  # fmt: skip
 
 
 def create_alarm(api: httpx.Client, i: int, auth: str) -> None:

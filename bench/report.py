@@ -645,8 +645,43 @@ def cluster_section(results: dict[str, Any]) -> list[str]:
     phase = results.get("cluster")
     if not phase:
         return []
-    text = phase.get("skipped") or "measured: see the phase's figures in the results file."
-    return ["### Squall standalone beside cluster mode", "", text, ""]
+    title = "### Squall standalone beside cluster mode"
+    if "skipped" in phase:
+        return [title, "", phase["skipped"], ""]
+    warm = phase.get("warm", {})
+    base = dig(warm, ("standalone", "throughput", "requests_per_s"))
+    lat_headers = ("Shape", "Requests", "Errors", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
+                   "max ms", "mean ms", "CPU µs/op (API process)", "CPU µs/op (its tree)")
+    thr_headers = ("Shape", "Tool", "Clients", "Seconds", "req/s", "÷ standalone", "p50 ms",
+                   "p90 ms", "p99 ms", "Errors", "CPU µs/op (API process)",
+                   "CPU µs/op (its tree)")  # fmt: skip
+    shapes = (("standalone (one process)", "standalone"),
+              ("cluster: controller, scheduler, invoker", "cluster"))  # fmt: skip
+    alarms = phase.get("alarms", {})
+    lag_rows = [[sid, lag.get("alarms_held"), lag.get("samples"), lag.get("lag_p50_ms"),
+                 lag.get("lag_p99_ms"), lag.get("lag_max_ms")]
+                for sid, lag in (alarms.get("schedulers") or {}).items()]  # fmt: skip
+    memory = [[member, dig(m, ("main", "rss_mib")), m.get("total_rss_mib"),
+               m.get("total_uss_mib")]
+              for member, m in (dig(warm, ("cluster", "memory")) or {}).items()]  # fmt: skip
+    intro = ("Every process on this machine, on the same Tansu, etcd and PostgreSQL (standalone "
+             "gets the same PostgreSQL and its in-process bus). See bench/cluster.py.")
+    return [
+        title, "", intro, "", "Warm blocking invoke, concurrency 1:", "",
+        *table(lat_headers, [latency_row(label, dig(warm, (key, "latency")))
+                             for label, key in shapes]),
+        "", "Throughput:", "",
+        *table(thr_headers, [throughput_row(label, dig(warm, (key, "throughput")), base)
+                             for label, key in shapes]),
+        "", "Memory of the cluster's processes (each with its sandboxes):", "",
+        *table(("Member", "process RSS MiB", "with sandboxes: RSS MiB", "USS MiB"), memory),
+        "", f"Alarms: {fmt(alarms.get('alarms'))} triggers firing every second (rules "
+        f"inactive) on two schedulers, after {fmt(alarms.get('warmup_s'))} s; each scheduler's "
+        "lag over its last 4,096 on-time fires, from its /metrics:", "",
+        *table(("Scheduler", "Alarms held", "Samples", "lag p50 ms", "lag p99 ms",
+                "lag max ms"), lag_rows),
+        "",
+    ]
 
 
 def plots_section(drawn: list[tuple[str, Path]], markdown_dir: Path) -> list[str]:

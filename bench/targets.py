@@ -93,6 +93,23 @@ GOALS = (
         ">=", 1000.0,
         ("alarms_inactive_rules", "fires_per_s"), ("alarms_apscheduler", "fires_per_s"),
     ),
+    Goal(
+        "cluster_warm_p50", "Cluster (one of each role): warm blocking invoke p50 through Kafka",
+        "ms", "<=", 10.0,
+        ("cluster", "warm", "cluster", "latency", "latency", "p50_ms"),
+        ("cluster", "warm", "standalone", "latency", "latency", "p50_ms"),
+    ),
+    Goal(
+        "cluster_throughput", "Cluster (one of each role): warm blocking invokes/s, {clients} "
+        "clients", "req/s", ">=", 500.0,
+        ("cluster", "warm", "cluster", "throughput", "requests_per_s"),
+        ("cluster", "warm", "standalone", "throughput", "requests_per_s"),
+    ),
+    Goal(
+        "cluster_alarm_lag_p99", "Cluster, two schedulers: alarm fire lag p99 (the worse one) "
+        "at {cluster_alarms} fires/s", "ms", "<=", 50.0,
+        ("cluster", "alarms", "lag_p99_ms_worst"),
+    ),
     *(
         Goal(
             f"stores_{backend}_{key}", f"Stores, {{seeded}} records, {label}: {what} p50",
@@ -138,6 +155,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "label": goal.label.format(
                     clients=clients, alarms=f"{alarms:,}", rate=f"{firing / 60:,.0f}",
                     seeded=f"{dig(results, ('plan', 'store_seed_records')) or 0:,}",
+                    cluster_alarms=f"{dig(results, ('plan', 'cluster_alarms')) or 0:,}",
                 ),
                 "unit": goal.unit,
                 "op": goal.op,

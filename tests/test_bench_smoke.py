@@ -84,11 +84,25 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert fires["delivered"] > 0, (phase, fires)
         assert fires["doubled"] == 0, (phase, fires)
     check_sweeps(results)
-    assert "cluster mode" in results["cluster"]["skipped"]  # a hook, no figures
-    assert set(results["cluster"]) == {"skipped"}
+    check_cluster(results["cluster"])
     assert results["machine"]["load_average_at_start"] and results["load_average_at_end"]
     check_report(out)
     check_celery(results)
+
+
+def check_cluster(phase: dict[str, object]) -> None:
+    """Standalone and a cluster both served the warm invokes; the two schedulers both fired."""
+    warm = phase["warm"]
+    assert isinstance(warm, dict)
+    for shape in ("standalone", "cluster"):
+        latency = warm[shape]["latency"]
+        assert latency["requests"] > 0 and latency["errors"] == 0, (shape, latency)
+        assert warm[shape]["throughput"]["requests_per_s"] > 0, shape
+    alarms = phase["alarms"]
+    assert isinstance(alarms, dict)
+    held = [lag["alarms_held"] for lag in alarms["schedulers"].values()]
+    assert len(held) == 2 and sum(held) == alarms["alarms"], alarms
+    assert alarms["lag_p99_ms_worst"] is not None, alarms
 
 
 def test_phase_names_and_groups_select_phases_in_run_order() -> None:

@@ -385,3 +385,36 @@ def test_killing_the_etcd_leader_does_not_interrupt_serving(
         assert all(m.process.poll() is None for m in cluster.members.values())
     finally:
         etcd.remove()
+
+
+def test_a_role_refused_by_the_broker_stays_live_and_says_what_to_set(
+    make_cluster: Callable[..., Cluster], tansu_auth: LocalTansu
+) -> None:
+    """An invoker (any role) against a broker that demands SASL, with no SASL settings: not
+    ready within 2 s of answering, naming the broker, the mechanism and the settings; it keeps
+    running and logs the reason once, not per retry."""
+    cluster = make_cluster(broker=tansu_auth)
+    member = cluster.start("invoker", "invoker0", wait=False)
+
+    def answering() -> bool:
+        try:
+            return httpx.get(member.url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return member.process.poll() is not None  # exited: stop waiting, fail below
+
+    wait_until(answering, 30, "the invoker answering /healthz", cluster.logs)
+    assert member.process.poll() is None, cluster.logs()
+    answered = time.monotonic()
+
+    def kafka_refused() -> dict[str, Any] | None:
+        check = cluster.readyz("invoker0").get("checks", {}).get("kafka", {})
+        return check if check.get("state") == "unavailable" else None
+
+    kafka = wait_until(kafka_refused, 10, "the kafka check refused", cluster.logs)
+    assert time.monotonic() - answered < 2.0
+    assert tansu_auth.bootstrap in kafka["reason"] and "SASL" in kafka["reason"], kafka
+    assert "SQUALL_KAFKA_SASL_MECHANISM" in kafka["fix"], kafka
+    time.sleep(3)
+    assert member.process.poll() is None
+    assert httpx.get(member.url + "/healthz", timeout=2).status_code == 200
+    assert member.output().count("readiness: kafka is not ready") == 1, member.output()

@@ -166,6 +166,11 @@ class SquallCollector(Collector):
             "squall_alarm_fires_in_flight", "Alarm fires under way.", value=stats.in_flight
         )
         yield GaugeMetricFamily(
+            "squall_alarms_held_back",
+            "Alarms whose due tick this scheduler may not fire now (no sure lease, shard moved).",
+            value=stats.held_back,
+        )
+        yield GaugeMetricFamily(
             "squall_alarm_fire_lag_samples",
             "On-time fires in the lag window the percentiles are taken over.",
             value=stats.lag_samples,
