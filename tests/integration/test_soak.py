@@ -2,7 +2,8 @@
 bounded time. Memory and descriptors stay flat, sandboxes stay within their limits, every
 accepted activation has exactly one record, and p99 latency does not drift.
 
-`TEST_SOAK_S` sets the duration: 60 s by default, 600 s in CI's slow tier (.ci/run).
+`TEST_SOAK_S` sets the duration: 60 s by default, 300 s in CI's slow tier (.ci/run), which
+keeps the whole run near 20 minutes.
 `TEST_SOAK_REPORT` names a JSON file for the figures (recorded in BENCHMARKS.md).
 """
 
