@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "LocalCluster",
     "LocalEtcd",
     "LocalEtcdCluster",
     "LocalOsmem",
     "LocalPostgres",
     "LocalTansu",
+    "RoleProcess",
     "free_port",
     "osmem_binary",
     "postgres_bin_dir",

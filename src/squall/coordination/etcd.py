@@ -27,7 +27,7 @@ import orjson
 
 from squall.abc import Coordinator, PrefixWatcher, Subscription
 from squall.config import EtcdSettings
-from squall.coordination.etcd_http import base_url, shown
+from squall.coordination.etcd_http import base_url, shown, tls_context
 from squall.errors import ConfigurationError, DependencyUnavailable
 
 log = logging.getLogger("squall.coordination.etcd")
@@ -97,11 +97,7 @@ class _Gateway:
         self._current = 0
         self._timeout_s = timeout_s
         self._token: str | None = None
-        verify: Any = str(etcd.ca_file) if etcd.ca_file else True
-        cert = None
-        if etcd.cert_file and etcd.key_file:
-            cert = (str(etcd.cert_file), str(etcd.key_file))
-        self._client = httpx.AsyncClient(timeout=timeout_s, verify=verify, cert=cert)
+        self._client = httpx.AsyncClient(timeout=timeout_s, verify=tls_context(etcd))
         self.on_switch: Callable[[], None] = lambda: None
 
     @property

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,16 @@ class Status:
     skew_s: float  # etcd's clock minus ours, to about a second; positive when etcd is ahead
 
 
+@functools.lru_cache(maxsize=8)
+def tls_context(etcd: EtcdSettings) -> ssl.SSLContext:
+    """One TLS context per etcd settings, built once: building one reads the CA bundle (tens of
+    milliseconds), and a readiness probe makes a new gateway every time it runs."""
+    context = ssl.create_default_context(cafile=str(etcd.ca_file) if etcd.ca_file else None)
+    if etcd.cert_file and etcd.key_file:
+        context.load_cert_chain(str(etcd.cert_file), str(etcd.key_file))
+    return context
+
+
 def base_url(endpoint: str, etcd: EtcdSettings) -> str:
     if "://" in endpoint:
         return endpoint.rstrip("/")
@@ -48,14 +60,10 @@ class EtcdGateway:
     """One endpoint's gateway; `login` once, then call."""
 
     def __init__(self, endpoint: str, etcd: EtcdSettings, timeout_s: float = 3.0) -> None:
-        verify: Any = str(etcd.ca_file) if etcd.ca_file else True
-        cert = (
-            (str(etcd.cert_file), str(etcd.key_file)) if etcd.cert_file and etcd.key_file else None
-        )
         self.endpoint = endpoint
         self._etcd = etcd
         self._client = httpx.AsyncClient(
-            base_url=base_url(endpoint, etcd), timeout=timeout_s, verify=verify, cert=cert
+            base_url=base_url(endpoint, etcd), timeout=timeout_s, verify=tls_context(etcd)
         )
         self._token: str | None = None
 
