@@ -148,6 +148,7 @@ class Platform:
             self._started.append(service)
             await service.start()
         await self._register()
+        self.readiness.started = True
 
     def _backends(self) -> list[Component]:
         # An unreachable activation store buffers records and reconnects by itself.

@@ -104,6 +104,9 @@ class Readiness:
         stores = ("entity_store", "activation_store") if entities else ("activation_store",)
         self._probed = dict.fromkeys(stores, NOT_PROBED)
         self._cluster = cluster
+        # Set by the platform once every component has started: until then a process whose
+        # dependencies all answer is still not ready (its API answers 503 meanwhile).
+        self.started = False
         self._task: asyncio.Task[None] | None = None
         self._monitors = tuple(monitors)
 
@@ -179,6 +182,8 @@ class Readiness:
         checks.update((monitor.name, monitor.check()) for monitor in self._monitors)
         if self._cluster is not None:
             checks.update(self._cluster())
+        if not self.started:
+            checks["startup"] = Check("starting", "the platform's components are starting", None)
         return checks
 
     def report(self) -> tuple[bool, dict[str, Any]]:
