@@ -423,7 +423,14 @@ def advertised_url(settings: Settings) -> str:
         return settings.cluster.url.rstrip("/")
     host = settings.host
     if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostbyname(socket.gethostname())
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError as exc:
+            raise ConfigurationError(
+                f"listening on {settings.host!r}, this process cannot tell the others where to "
+                f"reach it ({socket.gethostname()!r} does not resolve: {exc}); set "
+                "SQUALL_CLUSTER_URL, e.g. http://10.0.0.7:3233"
+            ) from exc
     return f"http://{host}:{settings.port}"
 
 
