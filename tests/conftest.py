@@ -266,12 +266,18 @@ def tansu_auth() -> Iterator[LocalTansu]:
     yield from _tansu(True)
 
 
+def etcd_binary(*, ctl: bool = False) -> str:
+    """The etcd server binary (skips or fails when missing); `ctl` also requires etcdctl."""
+    binary = shutil.which("etcd")
+    found = binary is not None and (not ctl or shutil.which("etcdctl") is not None)
+    require(found, "etcd and etcdctl (apt-get install etcd-server etcd-client)")
+    assert binary is not None
+    return binary
+
+
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[LocalEtcd]:
-    binary = shutil.which("etcd")
-    require(binary is not None, "etcd (apt-get install etcd-server etcd-client)")
-    assert binary is not None
-    server = LocalEtcd(binary)
+    server = LocalEtcd(etcd_binary())
     server.start()
     try:
         yield server
@@ -282,10 +288,7 @@ def etcd_server() -> Iterator[LocalEtcd]:
 @pytest.fixture(scope="session")
 def etcd_cluster() -> Iterator[LocalEtcdCluster]:
     """Three etcd members on loopback (healthy in ~2.5 s)."""
-    binary = shutil.which("etcd")
-    require(binary is not None, "etcd (apt-get install etcd-server etcd-client)")
-    assert binary is not None
-    cluster = LocalEtcdCluster(binary)
+    cluster = LocalEtcdCluster(etcd_binary())
     cluster.start()
     try:
         yield cluster

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from squall.testing import LocalEtcd, LocalOsmem, LocalPostgres, LocalTansu, free_port
-from tests.conftest import require
+from tests.conftest import etcd_binary, require
 
 PASSWORD = "hunter2-never-shown"
 
@@ -37,11 +36,7 @@ def checks(output: str) -> dict[str, dict[str, str]]:
 
 @pytest.fixture
 def etcd_with_auth() -> Iterator[LocalEtcd]:
-    binary = shutil.which("etcd")
-    require(binary is not None and shutil.which("etcdctl") is not None,
-            "etcd and etcdctl (apt-get install etcd-server etcd-client)")  # fmt: skip
-    assert binary is not None
-    server = LocalEtcd(binary)
+    server = LocalEtcd(etcd_binary(ctl=True))
     server.start()
     try:
         server.enable_auth(PASSWORD)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from squall.config import EtcdSettings
 from squall.coordination.etcd import EtcdCoordinator
 from squall.errors import ConfigurationError, DependencyUnavailable
 from squall.testing import LocalEtcd, LocalEtcdCluster
-from tests.conftest import require
+from tests.conftest import etcd_binary
 
 TTL_S = 2.0  # etcd's minimum is 1.5 s with default election timeouts; short keeps tests fast
 
@@ -242,10 +241,7 @@ async def test_a_won_key_taken_by_another_member_is_not_taken_back(
 async def test_etcd_outage_and_recovery_without_restart(
     prefix: str, loop_errors: list[object], caplog: pytest.LogCaptureFixture
 ) -> None:
-    binary = shutil.which("etcd")
-    require(binary is not None, "etcd (apt-get install etcd-server etcd-client)")
-    assert binary is not None
-    server = LocalEtcd(binary)
+    server = LocalEtcd(etcd_binary())
     server.start()
     try:
         etcd = settings((server.endpoint,), prefix)
@@ -289,11 +285,7 @@ async def test_etcd_outage_and_recovery_without_restart(
 async def test_password_stays_out_of_problem_logs_and_errors(
     prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    binary = shutil.which("etcd")
-    require(binary is not None, "etcd (apt-get install etcd-server etcd-client)")
-    assert binary is not None
-    require(shutil.which("etcdctl") is not None, "etcdctl (apt-get install etcd-client)")
-    server = LocalEtcd(binary)
+    server = LocalEtcd(etcd_binary(ctl=True))
     server.start()
     try:
         server.enable_auth("root-secret-pw")

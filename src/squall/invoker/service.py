@@ -163,6 +163,13 @@ class InvokerService:
                 return True
         return False
 
+    def _creation_failed(self, container: _Container, exc: Exception) -> None:
+        """Forget a container that never started; its scheduler retries (not the developer's
+        fault)."""
+        self._containers.pop(container.container_id, None)
+        creation = container.creation
+        container.endpoint.creation_failed(creation.queue, creation.creation_id, str(exc), False)
+
     async def _run_container(self, container: _Container) -> None:
         creation = container.creation
         action = creation.action
@@ -171,20 +178,14 @@ class InvokerService:
                 creation.action = action = await self._load_code(action)
             except Exception as exc:
                 log.warning("the code of %s could not be read: %s", action.qualified, exc)
-                self._containers.pop(container.container_id, None)
-                container.endpoint.creation_failed(
-                    creation.queue, creation.creation_id, str(exc), False
-                )
+                self._creation_failed(container, exc)
                 return
         spec = SandboxSpec(action.kind, action.limits.memory, action.limits.logs * MB)
         try:
             sandbox = self.prewarm.take(spec) or await self._factory.create(spec)
         except Exception as exc:
             log.warning("container creation for %s failed: %s", creation.queue, exc)
-            self._containers.pop(container.container_id, None)
-            container.endpoint.creation_failed(
-                creation.queue, creation.creation_id, str(exc), False
-            )
+            self._creation_failed(container, exc)
             return
         container.sandbox = sandbox
         try:
