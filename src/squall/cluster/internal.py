@@ -9,11 +9,11 @@ public API's, so a failing call says what went wrong.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -32,7 +32,7 @@ class InternalCallFailed(SquallError):
 
 
 def json_reply(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body), status, media_type="application/json")
+    return Response(orjson.dumps(body), status, media_type="application/json")
 
 
 def error_reply(status: int, message: str) -> Response:
@@ -61,21 +61,40 @@ def _token_matches(request: Request, token: str) -> bool:
 
 
 class InternalClient:
-    """Calls to other members' internal endpoints over one pooled HTTP client."""
+    """Calls to other members' internal endpoints over one pooled HTTP client (aiohttp).
+
+    aiohttp rather than httpx, which the rest of Squall uses: this client carries every
+    activation an invoker fetches, and measured on this machine a small JSON POST costs about
+    0.4 ms of CPU with aiohttp against 2.6 ms with httpx (see docs/dependencies.md).
+    """
 
     def __init__(
         self, token: str | None, *, timeout_s: float = 5.0, max_connections: int | None = 100
     ) -> None:
-        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._headers = {"content-type": "application/json"}
+        if token:
+            self._headers["authorization"] = f"Bearer {token}"
         # An invoker holds one long-poll fetch per parked container: it lifts the pool bound
         # (max_connections None), which its memory budget bounds instead.
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        self._http = httpx.AsyncClient(headers=headers, timeout=timeout_s, limits=limits)
+        self._limit = max_connections or 0  # aiohttp: 0 is no bound
+        self._timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None  # made on the event loop
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                json_serialize=lambda body: orjson.dumps(body).decode(),
+            )
+        return self._session
 
     async def call(
         self, base_url: str, path: str, body: Any = None, *, timeout_s: float | None = None
@@ -86,20 +105,21 @@ class InternalClient:
         caller re-reads the membership), InternalCallFailed when it answered with an error.
         """
         url = f"{base_url.rstrip('/')}{INTERNAL_PREFIX}{path}"
-        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
+        timeout = None if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
         try:
-            reply = await self._http.post(url, json=body, timeout=timeout)
-        except httpx.HTTPError as exc:
+            async with self._http().post(url, data=orjson.dumps(body), timeout=timeout) as reply:
+                status, content = reply.status, await reply.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise DependencyUnavailable(f"member at {base_url} unreachable: {exc!r}") from exc
-        if reply.status_code == 204:
+        if status == 204:
             return None
-        if reply.status_code >= 400:
-            raise InternalCallFailed(reply.status_code, _error_text(reply))
-        return reply.json()
+        if status >= 400:
+            raise InternalCallFailed(status, _error_text(status, content))
+        return orjson.loads(content)
 
 
-def _error_text(reply: httpx.Response) -> str:
+def _error_text(status: int, content: bytes) -> str:
     try:
-        return str(reply.json()["error"])
+        return str(orjson.loads(content)["error"])
     except (ValueError, KeyError, TypeError):
-        return f"HTTP {reply.status_code}"
+        return f"HTTP {status}"
