@@ -49,6 +49,9 @@ UNLIMITED = {
     "SQUALL_LIMITS_INVOCATIONS_PER_MINUTE": "100000000",
     "SQUALL_LIMITS_FIRES_PER_MINUTE": "100000000",
     "SQUALL_LIMITS_CONCURRENT_INVOCATIONS": "1000",
+    # Room for one 256 MB container per client at 32 clients, for standalone and cluster alike
+    # (the default 4,096 MB holds 16): the phase measures the invoke path, not eviction.
+    "SQUALL_USER_MEMORY_MB": "16384",
 }
 NOT_AVAILABLE = "not measured: {what} is not installed on this machine"
 CREATORS = 8  # clients creating the alarms side by side (setup, not measured)

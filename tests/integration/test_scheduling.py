@@ -174,3 +174,23 @@ async def test_warm_container_keeps_state_between_runs(tmp_path: Path) -> None:
             for _ in range(3)
         ]
         assert seen == [1, 2, 3]
+
+
+async def test_a_parked_container_is_evicted_for_other_actions_only(tmp_path: Path) -> None:
+    """A new container of an action never evicts that action's own parked one (it is about to
+    take the next activation: replacing it only adds a cold start); another action's does."""
+
+    def one_slot(s: Settings) -> Settings:
+        return replace(s, invoker=replace(s.invoker, user_memory_mb=256, prewarm_count=0))
+
+    async with running(tmp_path, one_slot) as (platform, api):
+        hello = "def main(a):\n    return {}\n"
+        await create(api, "hello", hello, memory=256)
+        await create(api, "other", hello, memory=256)
+        invoke = "/api/v1/namespaces/_/actions/{}?blocking=true"
+        assert (await api.post(invoke.format("hello"), json={})).status_code == 200
+        [parked] = platform.invoker._containers.values()
+        platform.invoker.create_container(replace(parked.creation, creation_id="another"))
+        assert list(platform.invoker._containers.values()) == [parked]
+        assert (await api.post(invoke.format("other"), json={})).status_code == 200
+        assert parked.container_id not in platform.invoker._containers
