@@ -76,6 +76,9 @@ class Plan:
     # cluster mode (bench/cluster.py): alarms firing every second across two schedulers
     cluster_alarms: int = 1_000
     cluster_alarm_warmup_s: float = 20.0
+    # cluster warm invokes at concurrency 1 (each a fresh broker's worth: see bench/cluster.py)
+    cluster_latency_warmup: int = 100
+    cluster_latency_count: int = 1_000
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
