@@ -76,6 +76,7 @@ class Plan:
     # cluster mode (bench/cluster.py): alarms firing every second across two schedulers
     cluster_alarms: int = 1_000
     cluster_alarm_warmup_s: float = 20.0
+    cluster_alarm_window_s: float = 10.0  # CPU and fires counted over it, burst and spread
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +100,7 @@ SMOKE = replace(
     sweep_warmup_s=0.3,
     cluster_alarms=20,
     cluster_alarm_warmup_s=3.0,
+    cluster_alarm_window_s=2.0,
 )
 
 
@@ -356,6 +358,7 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "stores": stores.phase_stores,
     "composition": composition.phase_composition,
     "cluster": cluster.phase_cluster,
+    "cluster_alarms": cluster.phase_cluster_alarms,
 }
 
 # Names that select several phases on the command line (`python -m bench cold`).
