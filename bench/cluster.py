@@ -63,7 +63,7 @@ UNLIMITED = {
 }
 NOT_AVAILABLE = "not measured: {what} is not installed on this machine"
 CREATORS = 8  # clients creating the alarms side by side (setup, not measured)
-CREATE_ATTEMPTS = 10
+CREATE_ATTEMPTS = 30  # a scheduler busy firing may answer late: retried (1 s apart)
 
 
 @dataclass
@@ -206,9 +206,13 @@ def measure_alarms(plan: Plan, found: Services) -> dict[str, Any]:
         schedulers = [m for m in members if m.role == "scheduler"]
         time.sleep(plan.cluster_alarm_warmup_s)
         burst = measure_window(schedulers, found.postgres, database, plan)
-        alarm_calls(controller.url, auth, count, spread_alarm)
-        time.sleep(plan.cluster_alarm_warmup_s)
-        spread = measure_window(schedulers, found.postgres, database, plan)
+        try:
+            alarm_calls(controller.url, auth, count, spread_alarm)
+        except RuntimeError as exc:  # a scheduler too busy to answer its feed calls
+            spread: dict[str, Any] = {"error": str(exc)[:500], "lag_p99_ms_worst": None}
+        else:
+            time.sleep(plan.cluster_alarm_warmup_s)
+            spread = measure_window(schedulers, found.postgres, database, plan)
     return {"alarms": count, "fires_per_s": count, "setup_s": round(setup_s, 1),
             "warmup_s": plan.cluster_alarm_warmup_s, "window_s": plan.cluster_alarm_window_s,
             "schedulers": burst["schedulers"], "lag_p99_ms_worst": burst["lag_p99_ms_worst"],
@@ -319,7 +323,8 @@ def scrape_lag(member: RoleProcess) -> dict[str, float | None]:
         "squall_alarm_fire_lag_p99_seconds": "lag_p99_ms",
         "squall_alarm_fire_lag_max_seconds": "lag_max_ms",
         "squall_alarm_fire_lag_samples": "samples",
-        "squall_alarms_scheduled": "alarms_held",
+        'squall_alarms{state="active"}': "alarms_held",  # its shards' active alarms
+        "squall_alarms_scheduled": "alarms_armed",  # of those, waiting for a tick (not firing)
         "squall_alarm_fires_total": "fires",
     }
     out: dict[str, float | None] = dict.fromkeys(wanted.values())

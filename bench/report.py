@@ -708,6 +708,8 @@ def cluster_alarm_lines(alarms: dict[str, Any]) -> list[str]:
                 "lag p50 ms", "lag p99 ms", "lag max ms", "CPU ms per fire",
                 "DB transactions per fire"), rows),
         "",
+        *([f"Spread not measured: {spread_error}", ""]
+          if (spread_error := dig(alarms, ("spread", "error"))) else []),
     ]  # fmt: skip
 
 

@@ -15,14 +15,18 @@ class Clock:
         return self.now
 
 
-def test_an_entry_is_served_until_its_ttl_then_read_again() -> None:
+def test_an_entry_is_served_for_half_its_ttl_at_least_and_never_beyond_it() -> None:
     clock = Clock()
-    cache: EntityCache[str] = EntityCache(10, ttl_s=30.0, clock=clock)
-    cache.put(("guest", "t"), "v1", cache.generation)
-    clock.now += 29.9
-    assert cache.get(("guest", "t")) == "v1"
-    clock.now += 0.2
-    assert cache.get(("guest", "t")) is None
+    cache: EntityCache[int] = EntityCache(1000, ttl_s=30.0, clock=clock)
+    for n in range(200):
+        cache.put(("guest", f"t{n}"), n, cache.generation)
+    clock.now += 14.9
+    assert all(cache.get(("guest", f"t{n}")) == n for n in range(200))
+    clock.now += 10.0  # 24.9 s: some expired, not all (their lifetimes are spread)
+    left = sum(cache.get(("guest", f"t{n}")) is not None for n in range(200))
+    assert 0 < left < 200
+    clock.now += 5.2
+    assert all(cache.get(("guest", f"t{n}")) is None for n in range(200))
     assert len(cache) == 0
 
 

@@ -9,12 +9,16 @@ outliving a change:
 * A read that was under way when an invalidation arrived is not kept (`generation`): it may
   have read the entity before the change was written, and keeping it would undo the
   invalidation.
-* Every entry expires after `ttl_s`: a backstop for an invalidation that never arrives (a
-  message the bus lost, an entity changed by a tool that writes the store directly).
+* Every entry expires after `ttl_s` at most: a backstop for an invalidation that never
+  arrives (a message the bus lost, an entity changed by a tool that writes the store directly).
+  Each lasts a random time between half of that and all of it: entries read together (a
+  scheduler's alarms after its start) would otherwise all expire in the same second and be
+  read again in one burst.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -54,10 +58,11 @@ class EntityCache(Generic[V]):
         invalidation came meanwhile."""
         if generation != self.generation:
             return
-        self._entries.pop(key, None)  # re-inserted last: insertion order is expiry order
+        self._entries.pop(key, None)  # re-inserted last: the oldest entry stays first
         while len(self._entries) >= self.capacity:
             del self._entries[next(iter(self._entries))]
-        self._entries[key] = (self._clock() + self.ttl_s, value)
+        lifetime = self.ttl_s * (1.0 - random.random() / 2)  # in (ttl_s / 2, ttl_s]
+        self._entries[key] = (self._clock() + lifetime, value)
 
     def forget(self, path: str, name: str) -> None:
         """Drop `path`/`name`, or every entry under `path` when `name` is empty."""
