@@ -301,3 +301,34 @@ async def test_ticks_due_together_share_one_identity_read(platform: Platform) ->
     assert reads[0] == 1
     assert {identity.subject if identity else None for identity in identities} == {"guest"}
     assert await feeds._identity("nobody") is None and reads[0] == 2
+
+
+async def test_a_replayed_tick_asks_the_ledger_only_when_a_rule_is_active(
+    platform: Platform,
+) -> None:
+    """A late or replayed tick (check_ledger) of a trigger whose rules are all inactive costs
+    no activation store read; with an active rule the ledger still drops a tick fired before."""
+    service = platform.controller
+    identity = await guest(platform.entities, service)
+    await rule_setup(service)
+    lookups = [0]
+    get = platform.activations.get
+
+    async def counted(namespace: str, activation_id: str) -> Any:
+        lookups[0] += 1
+        return await get(namespace, activation_id)
+
+    platform.activations.get = counted  # type: ignore[method-assign]
+    tick = uuid.uuid4().hex
+    assert await service.fire_trigger(identity, path("t"), {}, activation_id=tick) == tick
+    assert lookups[0] == 1
+    assert await service.fire_trigger(identity, path("t"), {}, activation_id=tick) == tick
+    assert lookups[0] == 2
+    await platform.activations.flush()
+    records = await platform.activations.get("guest", tick)
+    assert records is not None and records["activationId"] == tick
+    lookups[0] = 0
+    await service.set_rule_status(path("r"), INACTIVE)
+    for replayed in (tick, uuid.uuid4().hex):
+        assert await service.fire_trigger(identity, path("t"), {}, activation_id=replayed) is None
+    assert lookups[0] == 0

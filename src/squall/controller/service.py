@@ -335,6 +335,8 @@ class ControllerService:
         before any rule's action is sent, so a crash can lose a tick's action runs but never
         repeat them. `check_ledger=False` skips looking for an existing record: for a caller
         that knows the id was never fired (an alarm tick it armed itself, first attempt).
+        A trigger with no active rule answers None before the ledger is asked: such a fire
+        records nothing and sends nothing, whether or not the id fired before.
         """
         if isinstance(path, str):
             try:
@@ -353,11 +355,20 @@ class ControllerService:
             return activation_id
         self._firing.add(activation_id)
         try:
+            if check_ledger and not await self._may_record(path, payload):
+                return None  # nothing to fire or record: the ledger need not be asked
             if check_ledger and await self.activations.get(identity.namespace, activation_id):
                 return activation_id
             return await self._fire(identity, path, payload, activation_id, tid, ledger=True)
         finally:
             self._firing.discard(activation_id)
+
+    async def _may_record(self, path: EntityPath, payload: dict[str, Any]) -> bool:
+        """Whether a fire of the trigger would record anything: it has an active rule. Asked
+        before the ledger, so a late or replayed tick of a trigger whose rules are all
+        inactive costs no store round trip (a busy scheduler's catch-up ticks are many)."""
+        self._check_payload(payload)
+        return (await self._trigger_for_fire(path)).has_active_rule()
 
     async def _fire(
         self,
