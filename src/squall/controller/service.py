@@ -69,7 +69,7 @@ RULE_NEEDS_TRIGGER = "Only rules with existing triggers can be activated"
 # drops its copy at once here and, through the cache-invalidation broadcast, in the other
 # processes; the TTL only bounds how long a lost invalidation could leave a copy stale.
 TRIGGER_CACHE_SIZE = 10_000
-TRIGGER_CACHE_TTL_S = 30.0
+TRIGGER_CACHE_TTL_S = 60.0
 
 RulesEdit = Callable[[dict[str, RuleLink]], dict[str, RuleLink]]
 # What an accepted invocation becomes: a message for the scheduler, or a sequence to run here.
