@@ -76,6 +76,7 @@ class Plan:
     # cluster mode (bench/cluster.py): alarms firing every second across two schedulers
     cluster_alarms: int = 1_000
     cluster_alarm_warmup_s: float = 20.0
+    cluster_alarm_window_s: float = 10.0  # CPU and fires counted over it, burst and spread
     # cluster warm invokes at concurrency 1 (each a fresh broker's worth: see bench/cluster.py)
     cluster_latency_warmup: int = 100
     cluster_latency_count: int = 1_000
@@ -102,6 +103,7 @@ SMOKE = replace(
     sweep_warmup_s=0.3,
     cluster_alarms=20,
     cluster_alarm_warmup_s=3.0,
+    cluster_alarm_window_s=2.0,
 )
 
 
@@ -359,6 +361,7 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "stores": stores.phase_stores,
     "composition": composition.phase_composition,
     "cluster": cluster.phase_cluster,
+    "cluster_alarms": cluster.phase_cluster_alarms,
 }
 
 # Names that select several phases on the command line (`python -m bench cold`).

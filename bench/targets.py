@@ -106,9 +106,14 @@ GOALS = (
         ("cluster", "warm", "standalone", "throughput", "requests_per_s"),
     ),
     Goal(
+        "cluster_alarm_burst_lag_p99", "Cluster, two schedulers: alarm fire lag p99 (the worse "
+        "one) at {cluster_alarms} fires/s, all due at the same instant", "ms", "<=", 50.0,
+        ("cluster_alarms", "lag_p99_ms_worst"),
+    ),
+    Goal(
         "cluster_alarm_lag_p99", "Cluster, two schedulers: alarm fire lag p99 (the worse one) "
-        "at {cluster_alarms} fires/s", "ms", "<=", 50.0,
-        ("cluster", "alarms", "lag_p99_ms_worst"),
+        "at {cluster_alarms} fires/s, ticks spread over each second", "ms", "<=", 50.0,
+        ("cluster_alarms", "spread_lag_p99_ms_worst"),
     ),
     *(
         Goal(

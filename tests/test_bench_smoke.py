@@ -85,24 +85,32 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert fires["doubled"] == 0, (phase, fires)
     check_sweeps(results)
     check_cluster(results["cluster"])
+    check_cluster_alarms(results["cluster_alarms"])
     assert results["machine"]["load_average_at_start"] and results["load_average_at_end"]
     check_report(out)
     check_celery(results)
 
 
 def check_cluster(phase: dict[str, object]) -> None:
-    """Standalone and a cluster both served the warm invokes; the two schedulers both fired."""
+    """Standalone and a cluster both served the warm invokes."""
     warm = phase["warm"]
     assert isinstance(warm, dict)
     for shape in ("standalone", "cluster"):
         latency = warm[shape]["latency"]
         assert latency["requests"] > 0 and latency["errors"] == 0, (shape, latency)
         assert warm[shape]["throughput"]["requests_per_s"] > 0, shape
-    alarms = phase["alarms"]
-    assert isinstance(alarms, dict)
-    held = [lag["alarms_held"] for lag in alarms["schedulers"].values()]
-    assert len(held) == 2 and sum(held) == alarms["alarms"], alarms
+
+
+def check_cluster_alarms(alarms: dict[str, Any]) -> None:
+    """The two schedulers both fired, burst and spread, and their cost was measured."""
+    for load in ("burst", "spread"):
+        run = alarms[load]
+        held = [lag["alarms_held"] for lag in run["schedulers"].values()]
+        assert len(held) == 2 and sum(held) == alarms["alarms"], (load, run)
+        assert run["fires"] > 0 and run["cpu_ms_per_fire_worst"] > 0, (load, run)
+        assert run["db_transactions_per_fire"] is not None, (load, run)
     assert alarms["lag_p99_ms_worst"] is not None, alarms
+    assert alarms["spread_lag_p99_ms_worst"] is not None, alarms
 
 
 def test_phase_names_and_groups_select_phases_in_run_order() -> None:

@@ -112,8 +112,10 @@ class Completion:
 
 @dataclass(slots=True)
 class CacheInvalidation:
-    """An action changed or went away: forget cached copies under `path`/`name` (every name in
-    the package `path` when `name` is empty). `origin` is the writer, which already forgot."""
+    """An entity (an action, or a trigger: its rules map changes with its rules too) changed
+    or went away: forget cached copies of `path`/`name` (every name in the package `path` when
+    `name` is empty; names are unique per path across collections). `origin` is the writer,
+    which already forgot."""
 
     path: str
     name: str

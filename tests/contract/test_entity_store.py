@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from squall.abc import EntityStore, EntityWrite, SubjectRecord
+from squall.abc import EntityStore, EntityWrite, StoredEntity, SubjectRecord
 from squall.errors import ConflictError, StoreError
 from squall.stores.sqlite import SqliteActivationStore, SqliteEntityStore
 
@@ -77,6 +77,40 @@ async def test_put_many_fails_only_the_conflicting_writes(entity_store: EntitySt
     assert new is not None and new.revision == 1
     assert await entity_store.get(TRIGGERS, "guest", "kept") is None
     assert await entity_store.put_many([]) == []
+
+
+async def test_put_many_of_replaces_only_and_of_one_entity_twice(
+    entity_store: EntityStore,
+) -> None:
+    """Alarm state batches are replaces only (one statement on PostgreSQL): each is judged on
+    its own revision; an entity written twice in one call is written in order."""
+    for name in ("a", "b", "c"):
+        await create(entity_store, "#alarms/guest", name, TRIGGERS)
+    results = await entity_store.put_many(
+        [
+            EntityWrite(TRIGGERS, "#alarms/guest", "a", doc("a", v=2), 1),
+            EntityWrite(TRIGGERS, "#alarms/guest", "b", doc("b", v=2), 2),  # stale revision
+            EntityWrite(ACTIONS, "#alarms/guest", "c", doc("c", v=2), 1),  # another collection
+            EntityWrite(TRIGGERS, "#alarms/guest", "gone", doc("gone"), 1),  # never created
+        ]
+    )
+    assert [type(r).__name__ for r in results] == [
+        "StoredEntity", "ConflictError", "ConflictError", "ConflictError"
+    ]  # fmt: skip
+    assert isinstance(results[0], StoredEntity) and results[0].revision == 2
+    for name, revision, version in (("a", 2, 2), ("b", 1, None), ("c", 1, None)):
+        got = await entity_store.get(TRIGGERS, "#alarms/guest", name)
+        expected = doc(name, v=version) if version else doc(name)
+        assert got is not None and (got.revision, got.doc) == (revision, expected), name
+    twice = await entity_store.put_many(
+        [
+            EntityWrite(TRIGGERS, "#alarms/guest", "a", doc("a", v=3), 2),
+            EntityWrite(TRIGGERS, "#alarms/guest", "a", doc("a", v=4), 3),
+        ]
+    )
+    assert [r.revision for r in twice if isinstance(r, StoredEntity)] == [3, 4]
+    got = await entity_store.get(TRIGGERS, "#alarms/guest", "a")
+    assert got is not None and (got.revision, got.doc) == (4, doc("a", v=4))
 
 
 async def test_scan_pages_through_a_collection_under_a_path(entity_store: EntityStore) -> None:

@@ -18,6 +18,7 @@ progress) the feed call is answered 503 with Retry-After, not as a failed activa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime
@@ -72,6 +73,9 @@ class AlarmFeeds:
         # Namespace -> (expiry, identity): every tick of every alarm needs one, and they
         # rarely change; a deleted namespace is noticed within IDENTITY_TTL_S.
         self._identities: dict[str, tuple[float, Identity | None]] = {}
+        # One read per namespace at a time: when an entry expires, the thousand ticks due in
+        # that second wait for the same read instead of each making its own.
+        self._identity_reads: dict[str, asyncio.Future[Identity | None]] = {}
 
     def attach(self, alarms: AlarmService | AlarmAdmin) -> None:
         """The alarms the feed actions manage: this process's AlarmService, or (in a cluster)
@@ -211,12 +215,25 @@ class AlarmFeeds:
         )
 
     async def _identity(self, namespace: str) -> Identity | None:
-        now = time.monotonic()
         cached = self._identities.get(namespace)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        reading = self._identity_reads.get(namespace)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_identity(namespace))
+            self._identity_reads[namespace] = reading
+            reading.add_done_callback(lambda done: self._identity_read(namespace, done))
+        # Shielded: a fire that times out does not cancel the read the others wait for.
+        return await asyncio.shield(reading)
+
+    def _identity_read(self, namespace: str, done: asyncio.Future[Identity | None]) -> None:
+        self._identity_reads.pop(namespace, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its waiters got it, or all of them were cancelled
+
+    async def _read_identity(self, namespace: str) -> Identity | None:
         identity = await self._controller.system_identity(namespace)
-        self._identities[namespace] = (now + IDENTITY_TTL_S, identity)
+        self._identities[namespace] = (time.monotonic() + IDENTITY_TTL_S, identity)
         return identity
 
     async def delete_after_fire(self, alarm: Alarm, what: str) -> None:

@@ -13,6 +13,7 @@ import orjson
 from squall.abc import ActivationStore, Coordinator, EntityStore, MessageBus
 from squall.config import SystemLimits
 from squall.controller.auth import Identity
+from squall.controller.cache import EntityCache
 from squall.controller.errors import (
     ALREADY_EXISTS,
     CONCURRENT_MODIFICATION,
@@ -64,6 +65,11 @@ THROTTLING = "throttling/"  # coordinator keys `throttling/{ns}/{action path}`
 NO_SCHEDULER = ("No scheduler is available to take the activation; the platform is starting or "
                 "every scheduler is down (see /readyz).")  # fmt: skip
 RULE_NEEDS_TRIGGER = "Only rules with existing triggers can be activated"
+# Triggers kept for the fire path (an alarm fires its trigger up to once a second). A change
+# drops its copy at once here and, through the cache-invalidation broadcast, in the other
+# processes; the TTL only bounds how long a lost invalidation could leave a copy stale.
+TRIGGER_CACHE_SIZE = 10_000
+TRIGGER_CACHE_TTL_S = 60.0
 
 RulesEdit = Callable[[dict[str, RuleLink]], dict[str, RuleLink]]
 # What an accepted invocation becomes: a message for the scheduler, or a sequence to run here.
@@ -90,6 +96,7 @@ class ControllerService:
         self._bus, self._coordinator = bus, coordinator
         self.limits, self.kinds, self.controller_id = limits, kinds, controller_id
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
+        self._triggers: EntityCache[Trigger] = EntityCache(TRIGGER_CACHE_SIZE, TRIGGER_CACHE_TTL_S)
         self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._firing: set[str] = set()  # trigger activation ids being fired right now
         # Which scheduler's topic an activation goes to (its queue's owner in a cluster).
@@ -121,7 +128,14 @@ class ControllerService:
 
     def _invalidated(self, message: object) -> None:
         if isinstance(message, CacheInvalidation) and message.origin != self.controller_id:
-            self._forget_actions(message.path, message.name)
+            self._forget(message.path, message.name)
+
+    def _forget(self, path: str, name: str) -> None:
+        """Drop cached copies of the entity `path`/`name` (every one under `path` when `name`
+        is empty). Names are unique per path across collections, so one message serves
+        actions and triggers alike."""
+        self._forget_actions(path, name)
+        self._triggers.forget(path, name)
 
     def _forget_actions(self, path: str, name: str) -> None:
         if name:
@@ -131,8 +145,8 @@ class ControllerService:
                 del self._actions[key]
 
     def _changed(self, path: str, name: str) -> None:
-        """Forget an action here and tell the other processes to forget it too."""
-        self._forget_actions(path, name)
+        """Forget an entity here and tell the other processes to forget it too."""
+        self._forget(path, name)
         self._bus.publish(CACHE_TOPIC, CacheInvalidation(path, name, self.controller_id))
 
     def _topic(self, message: ActivationMessage) -> str:
@@ -247,6 +261,12 @@ class ControllerService:
         return Trigger.from_json(stored.doc)
 
     async def put_trigger(self, path: EntityPath, body: Any, overwrite: bool) -> Trigger:
+        try:
+            return await self._put_trigger(path, body, overwrite)
+        finally:  # also after a failed write: it may have reached the store
+            self._changed(path.path, path.name)
+
+    async def _put_trigger(self, path: EntityPath, body: Any, overwrite: bool) -> Trigger:
         for _ in range(TRIGGER_WRITE_ATTEMPTS):
             existing = await self.entities.get(TRIGGERS, path.path, path.name)
             if existing is not None and not overwrite:
@@ -273,8 +293,23 @@ class ControllerService:
     async def delete_trigger(self, path: EntityPath) -> Trigger:
         """Delete a trigger; its rules stay, as in OpenWhisk (they are inactive from now on)."""
         trigger = await self.get_trigger(path)
-        if not await self.entities.delete(TRIGGERS, path.path, path.name):
+        try:
+            deleted = await self.entities.delete(TRIGGERS, path.path, path.name)
+        finally:
+            self._changed(path.path, path.name)
+        if not deleted:
             raise ApiError(404, NOT_FOUND)
+        return trigger
+
+    async def _trigger_for_fire(self, path: EntityPath) -> Trigger:
+        """The trigger as a fire reads it: from the cache, else the store (then kept)."""
+        key = (path.path, path.name)
+        cached = self._triggers.get(key)
+        if cached is not None:
+            return cached
+        generation = self._triggers.generation
+        trigger = await self.get_trigger(path)
+        self._triggers.put(key, trigger, generation)
         return trigger
 
     async def fire_trigger(
@@ -300,6 +335,8 @@ class ControllerService:
         before any rule's action is sent, so a crash can lose a tick's action runs but never
         repeat them. `check_ledger=False` skips looking for an existing record: for a caller
         that knows the id was never fired (an alarm tick it armed itself, first attempt).
+        A trigger with no active rule answers None before the ledger is asked: such a fire
+        records nothing and sends nothing, whether or not the id fired before.
         """
         if isinstance(path, str):
             try:
@@ -318,11 +355,20 @@ class ControllerService:
             return activation_id
         self._firing.add(activation_id)
         try:
+            if check_ledger and not await self._may_record(path, payload):
+                return None  # nothing to fire or record: the ledger need not be asked
             if check_ledger and await self.activations.get(identity.namespace, activation_id):
                 return activation_id
             return await self._fire(identity, path, payload, activation_id, tid, ledger=True)
         finally:
             self._firing.discard(activation_id)
+
+    async def _may_record(self, path: EntityPath, payload: dict[str, Any]) -> bool:
+        """Whether a fire of the trigger would record anything: it has an active rule. Asked
+        before the ledger, so a late or replayed tick of a trigger whose rules are all
+        inactive costs no store round trip (a busy scheduler's catch-up ticks are many)."""
+        self._check_payload(payload)
+        return (await self._trigger_for_fire(path)).has_active_rule()
 
     async def _fire(
         self,
@@ -340,7 +386,7 @@ class ControllerService:
         loses those action runs but can never repeat them, so a tick fires at most once.
         """
         self._check_payload(payload)
-        trigger = await self.get_trigger(path)
+        trigger = await self._trigger_for_fire(path)
         if not trigger.has_active_rule():
             return None
         self.throttles.admit_fire(identity.namespace, identity.limits)
@@ -379,7 +425,7 @@ class ControllerService:
         `throttled: true`, the 429 message as its error) takes the tick's activation id, so a
         replay of the tick finds it and does not fire late. No action is invoked.
         """
-        trigger = await self.get_trigger(path)
+        trigger = await self._trigger_for_fire(path)
         refused = ActivationResponse(APPLICATION_ERROR, {"error": message, "payload": payload})
         now = int(time.time() * 1000)
         throttled = [{"key": "throttled", "value": True}]
@@ -462,6 +508,8 @@ class ControllerService:
                 )
             except ConflictError:
                 continue
+            finally:  # the rules map is part of the trigger: fires must see the change
+                self._changed(trigger.path, trigger.name)
             return changed
         raise ApiError(409, CONCURRENT_MODIFICATION)
 
