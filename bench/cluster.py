@@ -118,6 +118,10 @@ def cluster_env(found: Services, store: str, auth: str) -> dict[str, str]:
         **UNLIMITED,
         "SQUALL_BUS": "kafka",
         "SQUALL_KAFKA_BOOTSTRAP": found.tansu.bootstrap,
+        # Four partitions a topic (the default is one): Tansu's cost per fetch grows with the
+        # length of a partition's log, and at one partition its CPU alone capped 32 clients at
+        # about 300 invokes/s and then fell (see `fresh_broker`); with four it held ~430/s.
+        "SQUALL_KAFKA_PARTITIONS": "4",
         "SQUALL_COORDINATION": "etcd",
         "SQUALL_ETCD_ENDPOINTS": found.etcd.endpoint,
         "SQUALL_ETCD_PREFIX": f"bench{uuid.uuid4().hex[:6]}",

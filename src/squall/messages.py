@@ -12,7 +12,7 @@ from typing import Any
 from squall.entities.action import Action
 from squall.entities.activation import ActivationResponse, build_record
 
-MESSAGE_VERSION = 1
+MESSAGE_VERSION = 2
 
 SCHEDULER_TOPIC = "scheduler0"
 INVOKER_TOPIC = "invoker0"

@@ -118,14 +118,47 @@ async def test_every_group_gets_every_message_and_members_share(tansu: LocalTans
         split = [m for m in members if isinstance(m, KafkaSubscription)]
         await until(lambda: all(len(m.assignment()) == 1 for m in split), JOIN_TIMEOUT_S, "split")
         sent = [completion(n) for n in range(40)]
-        for message in sent:
+        for message in sent:  # one per turn of the loop: each its own record
             sender.publish("work", message)
+            await asyncio.sleep(0)
         await until(lambda: len(first) + len(second) == 40 and len(solo) == 40, 10, "delivery")
         for subscription in (*members, alone):
             await subscription.close()
     assert sorted(ids(first) + ids(second)) == ids(sent)  # each once within the group
     assert first and second  # the two members shared the partitions
     assert sorted(ids(solo)) == ids(sent)
+
+
+async def test_what_one_turn_publishes_is_one_record_read_back_in_order(
+    tansu: LocalTansu,
+) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    kafka = settings(tansu)
+    async with buses(kafka) as (sender, receiver):
+        received, handler = collector()
+        subscription = receiver.subscribe("turn", "turn", handler)
+        await assigned(subscription)
+        sent = [completion(n) for n in range(40)]
+        for message in sent:  # one turn of the event loop
+            sender.publish("turn", message)
+        await until(lambda: len(received) == 40, JOIN_TIMEOUT_S, "delivery")
+        await subscription.close()
+    assert ids(received) == ids(sent)
+    raw = Consumer({"bootstrap.servers": tansu.bootstrap, "group.id": uuid.uuid4().hex,
+                    "auto.offset.reset": "earliest"})  # fmt: skip
+    try:
+        raw.assign([TopicPartition(sender.topic_name("turn"), 0, 0)])  # no group to join
+        records = []
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while time.monotonic() < deadline and not records:
+            record = await asyncio.to_thread(raw.poll, 0.5)
+            if record is not None and record.error() is None:
+                records.append(record)
+        records += [r for r in await asyncio.to_thread(raw.consume, 100, 1.0) if not r.error()]
+    finally:
+        raw.close()
+    assert len(records) == 1  # the broker holds one record for the 40 messages
 
 
 async def test_a_later_member_resumes_after_the_last_handled_message(tansu: LocalTansu) -> None:

@@ -81,3 +81,30 @@ def test_malformed_messages_are_refused(wire: bytes, fragment: str) -> None:
 def test_an_unknown_object_has_no_wire_form() -> None:
     with pytest.raises(MessageError, match="no wire form"):
         codec.encode(object())
+
+
+def test_messages_of_one_turn_travel_as_bundles_of_bounded_size() -> None:
+    small = [Completion(f"a{n}", "c0", {"n": n}) for n in range(5)]
+    [record] = codec.bundles(small)
+    assert json.loads(record)["type"] == "bundle"
+    assert codec.decode_all(record) == small
+    [single] = codec.bundles(small[:1])  # one message is sent as it is
+    assert codec.decode_all(single) == small[:1] and codec.decode(single) == small[0]
+    big = [Completion(f"b{n}", "c0", {"pad": "x" * (codec.BUNDLE_BYTES // 3)}) for n in range(7)]
+    records = list(codec.bundles(big))
+    assert len(records) == 4 and all(len(r) <= codec.BUNDLE_BYTES for r in records[:-1])
+    assert [m for r in records for m in codec.decode_all(r)] == big  # order kept
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        ({"v": MESSAGE_VERSION + 1, "type": "bundle", "messages": []}, "newer than this"),
+        ({"v": MESSAGE_VERSION, "type": "bundle"}, "without its list"),
+        ({"v": MESSAGE_VERSION, "type": "bundle", "messages": [{"v": 1, "type": "x"}]},
+         "unknown message type"),
+    ],
+)
+def test_a_bad_bundle_is_refused(doc: dict[str, object], fragment: str) -> None:
+    with pytest.raises(MessageError, match=fragment):
+        codec.decode_all(json.dumps(doc))

@@ -53,7 +53,9 @@ POLL_S = 0.1  # consumer and producer poll slices: bounds how long close() takes
 # Handled offsets are committed at most this often (and always on revoke and close): a commit
 # per message doubled the broker's requests. A crash redelivers at most this much more.
 COMMIT_INTERVAL_S = 0.1
-BATCH_MAX = 500  # messages a consumer hands to the event loop at once
+BATCH_MAX = 500  # records a consumer hands to the event loop at once
+# `publish` refuses while this many records wait in the producer (librdkafka holds 100,000).
+MAX_QUEUED = 90_000
 CLOSE_TIMEOUT_S = 10.0
 FLUSH_TIMEOUT_S = 5.0
 REDELIVERIES = 3  # a retriable delivery failure is produced again this many times
@@ -104,6 +106,7 @@ class KafkaBus(MessageBus):
         self._first_check = threading.Event()
         self._threads: list[threading.Thread] = []
         self._groups: dict[str, GroupConsumer] = {}  # by group name on the broker
+        self._turn: dict[str, list[object]] = {}  # published in this turn of the loop, by topic
         self._delivery_failure: str | None = None
         self._ok_last_round = False
 
@@ -273,13 +276,39 @@ class KafkaBus(MessageBus):
     # -- producing ---------------------------------------------------------------------------
 
     def publish(self, topic: str, message: object) -> None:
-        """Queue `message` for `topic`; never waits for the broker."""
+        """Queue `message` for `topic`; never waits for the broker.
+
+        On the event loop, what is published in one turn of it goes to the producer at the end
+        of that turn, as few records as `codec.bundles` makes (a turn runs every request whose
+        data arrived together); elsewhere (a thread) it goes at once."""
         if self._producer is None:
             raise DependencyUnavailable("the Kafka bus is not started")
+        if len(self._producer) >= MAX_QUEUED:
+            raise DependencyUnavailable(
+                "the Kafka producer's queue is full: the brokers do not take messages "
+                f"({self._problem or 'no reason known yet'})"
+            )
         name = self.topic_name(topic)
         if self._want(name):
             self._wake.set()  # a topic not seen before: the keeper creates it now
-        self._produce(name, codec.encode(message), 0)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._produce(name, codec.encode(message), 0)
+            return
+        if not self._turn:
+            loop.call_soon(self._end_of_turn)
+        self._turn.setdefault(name, []).append(message)
+
+    def _end_of_turn(self) -> None:
+        turn, self._turn = self._turn, {}
+        for name, messages in turn.items():
+            for record in codec.bundles(messages):
+                try:
+                    self._produce(name, record, 0)
+                except DependencyUnavailable as exc:  # its caller has returned: say so
+                    log.error("kafka: %d message(s) to topic %s were not sent: %s",
+                              len(messages), name, exc)  # fmt: skip
 
     def _produce(self, name: str, value: bytes, attempt: int) -> None:
         report = functools.partial(self._delivered, attempt)
@@ -459,7 +488,7 @@ class GroupConsumer:
 
     def _take(self, received: list[Any]) -> None:
         routes = self._routes
-        batch: list[tuple[KafkaSubscription, object, tuple[str, int, int]]] = []
+        batch: list[tuple[KafkaSubscription, list[object], tuple[str, int, int]]] = []
         for record in received:
             error = record.error()
             if error is not None:
@@ -472,7 +501,7 @@ class GroupConsumer:
                 continue  # unsubscribed meanwhile: not committed, the next member gets it
             position = (record.topic(), record.partition(), record.offset())
             try:
-                batch.append((subscription, codec.decode(record.value()), position))
+                batch.append((subscription, codec.decode_all(record.value()), position))
             except codec.MessageError as exc:
                 log.warning("kafka: skipped an unreadable message on %s partition %d offset "
                             "%d: %s", *position, exc)  # fmt: skip
@@ -480,16 +509,20 @@ class GroupConsumer:
         if batch:
             self._loop.call_soon_threadsafe(self._handle, batch)
 
-    def _handle(self, batch: list[tuple[KafkaSubscription, object, tuple[str, int, int]]]) -> None:
-        """On the event loop: run each message's handler, then mark its offset for commit."""
-        for subscription, message, position in batch:
+    def _handle(
+        self, batch: list[tuple[KafkaSubscription, list[object], tuple[str, int, int]]]
+    ) -> None:
+        """On the event loop: run the handler on each message of each record, then mark the
+        record's offset for commit."""
+        for subscription, messages, position in batch:
             if subscription.closed:
                 continue  # not committed: the next member of the group gets it
-            try:
-                subscription.handler(message)
-            except Exception:  # one bad message must not stop the topic
-                log.exception("kafka: a handler failed on %s from %s", type(message).__name__,
-                              subscription.topic)  # fmt: skip
+            for message in messages:
+                try:
+                    subscription.handler(message)
+                except Exception:  # one bad message must not stop the topic
+                    log.exception("kafka: a handler failed on %s from %s",
+                                  type(message).__name__, subscription.topic)  # fmt: skip
             self._handled.append(position)
 
     def _commit(self, consumer: Any, *, wait: bool) -> None:
