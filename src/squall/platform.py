@@ -45,12 +45,13 @@ from squall.controller.auth import (
     subject_record,
     verify_key,
 )
+from squall.controller.completions import completion_routes
 from squall.controller.feeds import AlarmFeeds
 from squall.controller.service import ControllerService
 from squall.coordination.local import LocalCoordinator
 from squall.entities.action import Action
 from squall.errors import ConfigurationError, DependencyUnavailable, NotFoundError, SquallError
-from squall.invoker.remote import RemoteEndpoints
+from squall.invoker.remote import DirectCompletions, RemoteEndpoints
 from squall.invoker.service import InvokerService
 from squall.ops.dependencies import DependencyMonitor, etcd_monitor, kafka_monitor
 from squall.ops.metrics import Sources, StandaloneSources, metrics_registry
@@ -268,6 +269,12 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
     )
     internal = InternalClient(settings.cluster.token, max_connections=None)
     endpoints = RemoteEndpoints(lambda sid: placement.url_of("scheduler", sid), internal)
+    # A scheduler process's controller fires its alarms under the scheduler's id.
+    completions = DirectCompletions(
+        lambda cid: placement.url_of("controller", cid) or placement.url_of("scheduler", cid),
+        internal,
+        bus,
+    )
     own_scheduler = member_ids["scheduler"] if "scheduler" in roles else None
     api_host = settings.api_host or f"http://{settings.host}:{settings.port}"
     invoker = InvokerService(
@@ -282,6 +289,7 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         runtimes=runtimes,
         invoker_id=member_ids["invoker"],
         load_code=None if one_process else CodeLoader(entities).load,
+        send_directly=None if one_process else completions.send,
     )
     controller = ControllerService(
         entities=entities,
@@ -339,6 +347,8 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
     if "scheduler" in roles and not one_process:
         routes += queue_routes(scheduler, settings.cluster.token)
         routes += alarm_routes(alarms, settings.cluster.token)
+    if roles & {"controller", "scheduler"} and not one_process:
+        routes += completion_routes(controller, settings.cluster.token)
     placement.on_change(membership_listener(roles, scheduler))
     rebalancer = None
     if ownership is not None and "scheduler" in roles:
@@ -377,7 +387,7 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         readiness,
         app,
         members=[Member(role, member_ids[role], url) for role in ROLES if role in roles],
-        internal=[internal, endpoints],
+        internal=[internal, endpoints, completions],
         rebalancer=rebalancer,
         journal=journal,
         warnings=warnings,

@@ -156,6 +156,10 @@ class ControllerService:
             raise ApiError(503, NO_SCHEDULER)
         return topic
 
+    def receive(self, message: Completion) -> None:
+        """A completion sent straight to this controller (`controller/completions.py`)."""
+        self._completed(message)
+
     def _completed(self, message: object) -> None:
         if isinstance(message, Completion):
             self.throttles.completed(message.activation_id)

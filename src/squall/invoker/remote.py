@@ -17,10 +17,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from squall.abc import MessageBus
 from squall.bus import codec
 from squall.cluster.internal import InternalCallFailed, InternalClient
 from squall.errors import DependencyUnavailable, QueueGone, SquallError
-from squall.messages import ActivationMessage, QueueKey
+from squall.messages import ActivationMessage, Completion, QueueKey, completed_topic
 
 log = logging.getLogger("squall.invoker")
 
@@ -28,6 +29,8 @@ FETCH_PATH = "/queues/fetch"
 STARTED_PATH = "/queues/started"
 STOPPED_PATH = "/queues/stopped"
 CREATION_FAILED_PATH = "/queues/creation-failed"
+COMPLETIONS_PATH = "/completions"  # a controller's, see controller/completions.py
+DIRECT_TIMEOUT_S = 2.0  # then the completion goes through Kafka after all
 
 # The HTTP call waits this much longer than the scheduler holds a fetch, so an empty long poll
 # ends with the scheduler's 204 and only a scheduler that stopped answering hits the timeout.
@@ -163,6 +166,40 @@ class RemoteEndpoints:
     async def close(self) -> None:
         """After the invoker closed: deliver its last `stopped` notifications."""
         await asyncio.gather(*(e.close() for e in self._endpoints.values()))
+
+
+class DirectCompletions:
+    """A blocking activation's completion, sent straight to the controller waiting for it over
+    its internal endpoint: one Kafka hop fewer on the path its caller waits on (~2.5 ms of the
+    ~12 ms a warm invoke took through Tansu). When that controller is unknown or the call
+    fails, the completion goes through Kafka after all (the controller ignores a second)."""
+
+    def __init__(self, url_for: UrlFor, client: InternalClient, bus: MessageBus) -> None:
+        self._url_for, self._client, self._bus = url_for, client, bus
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def send(self, completion: Completion) -> None:
+        url = self._url_for(completion.controller_id)
+        if url is None:
+            self._bus.publish(completed_topic(completion.controller_id), completion)
+            return
+        task = asyncio.ensure_future(self._send(url, completion))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, url: str, completion: Completion) -> None:
+        body = {"message": codec.to_json(completion)}
+        try:
+            await self._client.call(url, COMPLETIONS_PATH, body, timeout_s=DIRECT_TIMEOUT_S)
+        except SquallError as exc:  # DependencyUnavailable, InternalCallFailed
+            log.debug("completion %s to %s through Kafka instead: %s",
+                      completion.activation_id, completion.controller_id, exc)  # fmt: skip
+            self._bus.publish(completed_topic(completion.controller_id), completion)
+
+    async def close(self) -> None:
+        """Let the completions on their way arrive (or fall back to Kafka)."""
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
 
 def _activation(reply: Any, scheduler_id: str) -> ActivationMessage:

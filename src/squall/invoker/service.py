@@ -32,6 +32,7 @@ from squall.invoker.prewarm import PrewarmPool, PrewarmPools
 from squall.logs import TRANSACTION
 from squall.messages import (
     INVOKER_TOPIC,
+    ActivationMessage,
     Completion,
     ContainerCreation,
     QueueKey,
@@ -74,8 +75,11 @@ class InvokerService:
         invoker_id: str = INVOKER_TOPIC,
         runtimes: Manifest | None = None,
         load_code: Callable[[Action], Awaitable[Action]] | None = None,
+        send_directly: Callable[[Completion], None] | None = None,
     ) -> None:
         self._bus, self._factory, self._endpoint_for = bus, factory, endpoint_for
+        # In a cluster: a blocking activation's completion straight to its controller.
+        self._send_directly = send_directly
         self._activations, self._settings, self._limits = activations, settings, limits
         self._api_host, self.invoker_id = api_host, invoker_id
         self._containers: dict[str, _Container] = {}
@@ -102,6 +106,12 @@ class InvokerService:
             self._activations.store(record)
         except StoreError as exc:
             log.error("activation record not stored: %s", exc)
+
+    def _complete(self, message: ActivationMessage, completion: Completion) -> None:
+        if message.blocking and self._send_directly is not None:
+            self._send_directly(completion)  # its caller waits: the shortest way
+        else:
+            self._bus.publish(completed_topic(message.controller_id), completion)
 
     async def close(self) -> None:
         await self._subscription.close()
@@ -239,9 +249,8 @@ class InvokerService:
             container.activations += 1
             last_duration = executed.run_ms
             self._store_record(executed.record)
-            self._bus.publish(
-                completed_topic(message.controller_id),
-                Completion(message.activation_id, message.controller_id, executed.record),
+            self._complete(
+                message, Completion(message.activation_id, message.controller_id, executed.record)
             )
             if container.activations == 1:
                 self.prewarm.replenish()  # the cold start is answered: fork its replacement
