@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -37,7 +38,10 @@ class EntityCache(Generic[V]):
             raise ValueError("capacity must be >= 1 and ttl_s > 0")
         self.capacity, self.ttl_s = capacity, ttl_s
         self._clock = clock
-        self._entries: dict[Key, tuple[float, V]] = {}
+        # OrderedDict, not dict: evicting a dict's first key walks past the slots of every key
+        # deleted before it (CPython keeps them until a resize), which under churn (60,000
+        # triggers through 10,000 entries) stalled the loop for up to 200 ms.
+        self._entries: OrderedDict[Key, tuple[float, V]] = OrderedDict()
         # Bumped by every invalidation: a read that started before one is not kept.
         self.generation = 0
 
@@ -60,7 +64,7 @@ class EntityCache(Generic[V]):
             return
         self._entries.pop(key, None)  # re-inserted last: the oldest entry stays first
         while len(self._entries) >= self.capacity:
-            del self._entries[next(iter(self._entries))]
+            self._entries.popitem(last=False)
         lifetime = self.ttl_s * (1.0 - random.random() / 2)  # in (ttl_s / 2, ttl_s]
         self._entries[key] = (self._clock() + lifetime, value)
 

@@ -96,7 +96,7 @@ class ControllerService:
         self._bus, self._coordinator = bus, coordinator
         self.limits, self.kinds, self.controller_id = limits, kinds, controller_id
         self._actions: dict[tuple[str, str], tuple[int, Action]] = {}
-        self._triggers: EntityCache[Trigger] = EntityCache(TRIGGER_CACHE_SIZE, TRIGGER_CACHE_TTL_S)
+        self._triggers: EntityCache[bytes] = EntityCache(TRIGGER_CACHE_SIZE, TRIGGER_CACHE_TTL_S)
         self._waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self._firing: set[str] = set()  # trigger activation ids being fired right now
         # Which scheduler's topic an activation goes to (its queue's owner in a cluster).
@@ -306,14 +306,19 @@ class ControllerService:
         return trigger
 
     async def _trigger_for_fire(self, path: EntityPath) -> Trigger:
-        """The trigger as a fire reads it: from the cache, else the store (then kept)."""
+        """The trigger as a fire reads it: from the cache, else the store (then kept).
+
+        The cache keeps a trigger's JSON as bytes, which the garbage collector does not track,
+        not the parsed Trigger: thousands of parsed triggers passing through it (60,000 alarms
+        through 10,000 entries) made each full collection walk their objects, and the alarm
+        lag p99 of `alarms_spread` went from 18 ms to 66-78 ms."""
         key = (path.path, path.name)
         cached = self._triggers.get(key)
         if cached is not None:
-            return cached
+            return Trigger.from_json(orjson.loads(cached))
         generation = self._triggers.generation
         trigger = await self.get_trigger(path)
-        self._triggers.put(key, trigger, generation)
+        self._triggers.put(key, orjson.dumps(trigger.to_json()), generation)
         return trigger
 
     async def fire_trigger(
