@@ -31,6 +31,7 @@ STOPPED_PATH = "/queues/stopped"
 CREATION_FAILED_PATH = "/queues/creation-failed"
 COMPLETIONS_PATH = "/completions"  # a controller's, see controller/completions.py
 DIRECT_TIMEOUT_S = 2.0  # then the completion goes through Kafka after all
+MAX_DIRECT_IN_FLIGHT = 2  # more completions on their way than this: the rest through Kafka
 
 # The HTTP call waits this much longer than the scheduler holds a fetch, so an empty long poll
 # ends with the scheduler's 204 and only a scheduler that stopped answering hits the timeout.
@@ -180,7 +181,11 @@ class DirectCompletions:
 
     def send(self, completion: Completion) -> None:
         url = self._url_for(completion.controller_id)
-        if url is None:
+        # Under load, Kafka is the cheaper way: what one turn publishes is one record, where
+        # each direct completion is an HTTP request of its own (measured at 32 clients: ~300
+        # invokes/s all direct, ~450 through Kafka). The direct way is for the caller waiting
+        # alone, where it saves a broker hop.
+        if url is None or len(self._sending) >= MAX_DIRECT_IN_FLIGHT:
             self._bus.publish(completed_topic(completion.controller_id), completion)
             return
         task = asyncio.ensure_future(self._send(url, completion))
