@@ -132,6 +132,7 @@ class KafkaBus(MessageBus):
         await asyncio.to_thread(self._first_check.wait, START_WAIT_S)
 
     async def close(self) -> None:
+        self._end_of_turn()  # what this turn published goes before the producer is flushed
         for consumer in list(self._groups.values()):
             for subscription in list(consumer.subscriptions()):
                 await subscription.close()
@@ -302,6 +303,10 @@ class KafkaBus(MessageBus):
 
     def _end_of_turn(self) -> None:
         turn, self._turn = self._turn, {}
+        if turn and self._producer is None:  # closed meanwhile
+            log.error("kafka: %d message(s) published as the bus closed were not sent",
+                      sum(len(messages) for messages in turn.values()))  # fmt: skip
+            return
         for name, messages in turn.items():
             for record in codec.bundles(messages):
                 try:
