@@ -92,7 +92,6 @@ class InternalClient:
                 connector=connector,
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-                json_serialize=lambda body: orjson.dumps(body).decode(),
             )
         return self._session
 

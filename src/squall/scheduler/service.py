@@ -83,8 +83,8 @@ class SchedulerService:
         self._lookups: set[asyncio.Task[None]] = set()
         # The activation each container was last handed, until it asks again or stops: what
         # fails with a record when its invoker dies (container ids are `{invoker_id}/c{n}`).
-        self._in_flight: dict[str, ActivationMessage] = {}
-        self._handed_at: dict[str, float] = {}  # container id -> when it got its activation
+        # Container id -> the activation it was handed, and when (for `_busy_ms`).
+        self._in_flight: dict[str, tuple[ActivationMessage, float]] = {}
         # Fetches of containers in other processes, parked here: cancelled when their invoker
         # is declared gone, so no activation is handed to a container that is no more.
         self._remote_fetches: dict[str, asyncio.Future[ActivationMessage | None]] = {}
@@ -210,8 +210,8 @@ class SchedulerService:
         self, key: QueueKey, container_id: str, last_duration_ms: float | None, timeout_s: float
     ) -> ActivationMessage | None:
         """The next activation for a container of `key`; QueueGone when it should stop."""
-        self._in_flight.pop(container_id, None)  # it asks again: its last activation ended
-        last_duration_ms = self._busy_ms(container_id, last_duration_ms)
+        # It asks again: its last activation ended.
+        last_duration_ms = self._busy_ms(self._in_flight.pop(container_id, None), last_duration_ms)
         queue = self._live_queue(key)
         fenced = self._may_dispatch is not None and not self._may_dispatch()
         # Without a sure lease another scheduler may own this queue by now: hold the container.
@@ -219,24 +219,25 @@ class SchedulerService:
             return None
         message = await queue.fetch(last_duration_ms, timeout_s)
         if message is not None:
-            self._in_flight[container_id] = message
-            self._handed_at[container_id] = time.monotonic()
+            self._in_flight[container_id] = (message, time.monotonic())
         if queue.throttled and len(queue.entries) <= (
             self._settings.max_retention_size * self._settings.throttling_fraction
         ):
             self._throttle(queue, False)
         return message
 
-    def _busy_ms(self, container_id: str, run_ms: float | None) -> float | None:
+    @staticmethod
+    def _busy_ms(
+        handed: tuple[ActivationMessage, float] | None, run_ms: float | None
+    ) -> float | None:
         """How long the container was busy with its last activation: from its hand-out to this
         fetch, when that is longer than the run the container reports. The decisions divide
         the stale threshold by this; in a cluster a container's turn also holds the fetch's
         round trip and the completion, and counting the bare run made one container look
         able to serve a hundred waiting activations (too few containers under load)."""
-        handed_at = self._handed_at.pop(container_id, None)
-        if run_ms is None or handed_at is None:
+        if run_ms is None or handed is None:
             return run_ms
-        return max(run_ms, (time.monotonic() - handed_at) * 1000)
+        return max(run_ms, (time.monotonic() - handed[1]) * 1000)
 
     async def fetch_remote(
         self,
@@ -271,9 +272,9 @@ class SchedulerService:
         return message
 
     def _put_back(self, key: QueueKey, container_id: str, message: ActivationMessage) -> None:
-        if self._in_flight.get(container_id) is message:
+        handed = self._in_flight.get(container_id)
+        if handed is not None and handed[0] is message:
             del self._in_flight[container_id]
-            self._handed_at.pop(container_id, None)
         queue = self._queues.get((key.invocation_namespace, key.action_path))
         if queue is not None and queue.key == key and not queue.removed:
             queue.put_back(message)
@@ -289,11 +290,10 @@ class SchedulerService:
         self, key: QueueKey, container_id: str, last_received: str | None
     ) -> None:
         handed = self._in_flight.pop(container_id, None)
-        self._handed_at.pop(container_id, None)
-        if handed is not None and handed.activation_id != last_received:
+        if handed is not None and handed[0].activation_id != last_received:
             # Taken for it, but the answer never reached it (its connection dropped with the
             # answer in flight): it never ran, so it waits again, first in line.
-            self._put_back(key, container_id, handed)
+            self._put_back(key, container_id, handed[0])
         queue = self._queues.get((key.invocation_namespace, key.action_path))
         if queue is not None and queue.key == key:
             queue.containers.discard(container_id)
@@ -315,8 +315,7 @@ class SchedulerService:
         still hold activations get new containers elsewhere at once."""
         prefix = f"{invoker_id}/"
         for container_id in [c for c in self._in_flight if c.startswith(prefix)]:
-            message = self._in_flight.pop(container_id)
-            self._handed_at.pop(container_id, None)
+            message, _ = self._in_flight.pop(container_id)
             log.warning("activation %s was running on invoker %s, which is gone; failing it",
                         message.activation_id, invoker_id)  # fmt: skip
             self._fail(message, INVOKER_GONE, WHISK_ERROR)

@@ -309,11 +309,8 @@ class PostgresEntityStore(EntityStore):
                 for w in writes:
                     if w.expected_revision is not None:
                         results.append(_replace_result(w, replaced))
-                        continue
-                    try:
-                        results.append(await _entity_write(conn, w))
-                    except ConflictError as exc:
-                        results.append(exc)
+                    else:
+                        results.append(await _write_or_conflict(conn, w))
             return results
 
         return await self._db.run("writing entities", write_all)
@@ -325,10 +322,7 @@ class PostgresEntityStore(EntityStore):
             results: list[Result] = []
             async with conn.transaction():
                 for w in writes:
-                    try:
-                        results.append(await _entity_write(conn, w))
-                    except ConflictError as exc:
-                        results.append(exc)
+                    results.append(await _write_or_conflict(conn, w))
             return results
 
         return await self._db.run("writing entities", write_all)
@@ -484,6 +478,14 @@ async def _entity_write(conn: psycopg.AsyncConnection[Any], w: EntityWrite) -> S
     except psycopg.errors.UniqueViolation as exc:
         raise ConflictError(f"an entity named {w.namespace}/{w.name} already exists") from exc
     return StoredEntity(w.collection, w.namespace, w.name, 1, w.doc)
+
+
+async def _write_or_conflict(conn: psycopg.AsyncConnection[Any], w: EntityWrite) -> Result:
+    """One write of a batch: a conflict is its result, not the batch's failure."""
+    try:
+        return await _entity_write(conn, w)
+    except ConflictError as exc:
+        return exc
 
 
 async def _entity_replace_many(
