@@ -8,6 +8,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import orjson
 import pytest
 
 from squall.abc import EntityStore, EntityWrite, StoredEntity, SubjectRecord
@@ -130,6 +131,22 @@ async def test_scan_pages_through_a_collection_under_a_path(entity_store: Entity
     )
     exact = [e.name async for page in entity_store.scan(TRIGGERS, "#rooted") for e in page]
     assert exact == ["not-below"]
+
+
+async def test_scan_text_gives_the_documents_as_json_text(entity_store: EntityStore) -> None:
+    for i in range(5):
+        await entity_store.put(TRIGGERS, "#root/guest", f"t{i}", doc(f"t{i}", v=i), None)
+    await create(entity_store, "#rooted", "not-below", TRIGGERS)
+    pages = [
+        page
+        async for page in entity_store.scan_text(TRIGGERS, "#root", prefix_match=True, page=2)
+    ]
+    assert [len(page) for page in pages] == [2, 2, 1]
+    got = {s.name: (s.collection, s.namespace, s.revision, orjson.loads(s.text))
+           for page in pages for s in page}  # fmt: skip
+    assert got == {
+        f"t{i}": (TRIGGERS, "#root/guest", 1, doc(f"t{i}", v=i)) for i in range(5)
+    }
 
 
 async def test_same_name_under_other_paths_is_fine(entity_store: EntityStore) -> None:

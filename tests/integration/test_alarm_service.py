@@ -685,6 +685,35 @@ async def test_clean_restart_fires_nothing_twice(
     assert alarm is not None and alarm.next_tick == at(2) and alarm.last_fire is not None
 
 
+async def test_a_restart_decodes_alarms_when_needed_and_drops_an_unreadable_one_then(
+    store: SqliteEntityStore, services: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock, fire = FakeClock(T0), TriggerFireDouble()
+    first = await services(store, fire, clock=clock)
+    for name in ("good", "broken", "other"):
+        await first.create(cron_alarm(name, "* * * * *", T0))
+    await first.close()
+    # Its schedule state (status, next tick) still reads; the rest of the document does not.
+    entity = await store.get(ALARMS_COLLECTION, store_path(NS), "broken")
+    assert entity is not None
+    await store.put(
+        ALARMS_COLLECTION, store_path(NS), "broken", {**entity.doc, "kind": "bogus"},
+        entity.revision,
+    )  # fmt: skip
+    clock = FakeClock(T0 + timedelta(seconds=5))
+    second = await services(store, fire, clock=clock)
+    stats = second.stats()
+    # Armed from the schedule state alone: the broken document was not decoded at start.
+    assert (stats.alarms, stats.active, stats.scheduled, stats.internal_errors) == (3, 3, 3, 0)
+    with caplog.at_level(logging.ERROR, logger="squall.alarms.service"):
+        await advance(second, clock, at(1))
+    assert sorted(c.alarm_id for c in fire.calls) == [f"{NS}/good", f"{NS}/other"]
+    assert second.get(NS, "broken") is None
+    assert [a.trigger for a in second.list(NS)] == ["good", "other"]
+    assert second.stats().internal_errors == 1
+    assert any("unreadable alarm document guest/broken" in r.getMessage() for r in caplog.records)
+
+
 async def test_crash_after_fire_before_persist_refires_the_same_tick_with_the_same_id(
     store: SqliteEntityStore, services: Factory
 ) -> None:

@@ -95,10 +95,20 @@ def test_kinds_outside_the_allowed_ones_are_403() -> None:
 
 
 def test_an_activation_without_completion_stops_counting() -> None:
-    in_flight = InFlight(grace_s=0.0)
+    in_flight = InFlight(grace_s=0.0, sweep_interval_s=0.0)
     in_flight.add("a", "lost", timeout_ms=10)
     assert in_flight.count("a") == 1
     time.sleep(0.02)
+    assert in_flight.count("a") == 0
+
+
+def test_expired_activations_are_dropped_once_per_sweep_interval() -> None:
+    in_flight = InFlight(grace_s=0.0, sweep_interval_s=0.2)
+    in_flight.add("a", "lost", timeout_ms=10)
+    assert in_flight.count("a") == 1  # sweeps now: not expired yet
+    time.sleep(0.05)
+    assert in_flight.count("a") == 1  # expired, but the next sweep is not due
+    time.sleep(0.2)
     assert in_flight.count("a") == 0
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
 from squall.alarms.schedule import (
@@ -231,6 +232,8 @@ class Alarm:
 
     def due_at(self, tick: datetime) -> datetime:
         """When `tick` fires: the tick plus its deterministic jitter."""
+        if self.jitter_s <= 0:
+            return tick
         return tick + jitter_offset(self.id, tick, self.jitter_s)
 
     def end_reason(self) -> StatusReason:
@@ -449,16 +452,22 @@ class Alarm:
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Alarm:
-        """An alarm from its stored document (ValueError/KeyError when it is not one)."""
-        status = doc.get("status") or {}
+        """An alarm from its stored document (ValueError/KeyError/TypeError when it is not one).
+
+        A restart decodes every alarm with this, so values as `to_doc` writes them take a
+        dictionary lookup (`_STORED`) and only others go through the validating parsers."""
+        status = doc.get("status") or _EMPTY
         changed = status.get("dateChanged")
         max_triggers = doc.get("maxTriggers")
+        delete_after_fire = doc.get("deleteAfterFire") or "false"
+        misfire = doc.get("misfire") or "fire_once"
+        reason = status.get("reason")
         # Strings that repeat across alarms are interned: 100,000 alarms share a handful.
         return cls(
             namespace=sys.intern(str(doc["namespace"])),
             trigger=str(doc["name"]),
-            kind=AlarmKind(doc["kind"]),
-            payload=dict(doc.get("payload") or {}),
+            kind=_KINDS.get(doc["kind"]) or AlarmKind(doc["kind"]),
+            payload=dict(doc.get("payload") or _EMPTY),
             cron=_interned(doc.get("cron")),
             timezone=_interned(doc.get("timezone")),
             strict=doc.get("strict"),
@@ -467,14 +476,15 @@ class Alarm:
             start_date=_from_iso_or_none(doc.get("startDate")),
             stop_date=_from_iso_or_none(doc.get("stopDate")),
             max_triggers=None if max_triggers in (None, -1) else int(max_triggers),
-            delete_after_fire=_delete_after_fire(doc.get("deleteAfterFire") or "false"),
-            misfire=_misfire(doc.get("misfire") or "fire_once"),
+            delete_after_fire=_STORED.get(delete_after_fire)
+            or _delete_after_fire(delete_after_fire),
+            misfire=_STORED.get(misfire) or _misfire(misfire),
             catchup_window_s=float(doc.get("catchupWindowSeconds", DEFAULT_CATCHUP_WINDOW_S)),
             jitter_s=float(doc.get("jitterSeconds", 0.0)),
             status=AlarmStatus(
                 active=bool(status.get("active", True)),
                 paused=bool(status.get("paused", False)),
-                reason=StatusReason.from_json(status.get("reason")),
+                reason=None if reason is None else StatusReason.from_json(reason),
                 date_changed=(
                     datetime.fromtimestamp(changed / 1000, UTC)
                     if isinstance(changed, int | float)
@@ -661,6 +671,13 @@ def _cron_param(value: Any, timezone: str | None, max_cron_fields: int) -> str:
             "cron pattern is limited to 5 fields with 1 minute as the finest granularity"
         )
     return value
+
+
+_KINDS = {kind.value: kind for kind in AlarmKind}
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+# The policy values exactly as `to_doc` stores them (hashable strings only, so a lookup of
+# something else raises TypeError, which from_doc's callers treat as an unreadable document).
+_STORED: dict[str, Any] = {value: value for value in (*DELETE_AFTER_FIRE, *MISFIRE_POLICIES)}
 
 
 def _delete_after_fire(value: Any) -> DeleteAfterFire:

@@ -76,7 +76,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from squall.abc import EntityStore, EntityWrite, JSONDict, StoredEntity
+import orjson
+
+from squall.abc import EntityStore, EntityWrite, JSONDict, StoredText
 from squall.alarms.model import (
     Alarm,
     AlarmKind,
@@ -87,6 +89,7 @@ from squall.alarms.model import (
     StatusReason,
     activation_id_for,
     epoch_ms,
+    jitter_offset,
     js_iso,
     msg_status_code,
     plan_next,
@@ -268,18 +271,92 @@ class AlarmStats:
 
 
 class _Entry:
-    """An alarm as the service holds it: kept small, there may be a hundred thousand."""
+    """An alarm as the service holds it: kept small, there may be a hundred thousand.
 
-    __slots__ = ("alarm", "generation", "revision", "token", "unsure")
+    A restored alarm keeps its stored JSON text until something needs the alarm itself (its
+    tick comes up, an API call, a write): a restart then decodes only each alarm's schedule
+    state (`_Arming`), and decoding whole documents, about half of the start time at 100,000
+    alarms, is spread over the alarms' first ticks. `active` and `paused` mirror the alarm's
+    status for counting without decoding."""
 
-    def __init__(self, alarm: Alarm, revision: int, *, unsure: bool) -> None:
-        self.alarm = alarm
+    __slots__ = (
+        "_alarm", "_text", "active", "generation", "id", "paused", "revision", "token", "unsure",
+    )  # fmt: skip
+    _alarm: Alarm | None
+    _text: str | None  # the stored document, until decoded
+    active: bool
+    paused: bool
+
+    def __init__(
+        self,
+        alarm: Alarm | None,
+        revision: int,
+        *,
+        unsure: bool,
+        id: str = "",
+        text: str | None = None,
+        arming: _Arming | None = None,
+    ) -> None:
+        if alarm is not None:
+            self.alarm = alarm
+            self.id = id or alarm.id  # `namespace/trigger`, as the service's maps are keyed
+        else:
+            assert text is not None and arming is not None and id
+            self._alarm, self._text, self.id = None, text, id
+            self.active, self.paused = arming.active, arming.paused
         self.revision = revision
         self.token = 0  # identifies the one valid heap entry of this alarm
         self.generation = 0  # grows on every user change; a fire started before one defers
         # The next tick may have been fired already (by a run that crashed before writing the
         # alarm back, or by a previous owner): its fire must check the ledger.
         self.unsure = unsure
+
+    @property
+    def alarm(self) -> Alarm:
+        """The alarm, decoded from its stored text on first use (ValueError, KeyError or
+        TypeError when that is not an alarm document: see AlarmService._decoded)."""
+        alarm = self._alarm
+        if alarm is None:
+            alarm = Alarm.from_doc(orjson.loads(self._text or ""))
+            self._alarm, self._text = alarm, None
+        return alarm
+
+    @alarm.setter
+    def alarm(self, alarm: Alarm) -> None:
+        self._alarm, self._text = alarm, None
+        self.active, self.paused = alarm.status.active, alarm.status.paused
+
+    @property
+    def decoded(self) -> bool:
+        return self._alarm is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _Arming:
+    """What a restart reads of each stored alarm to arm it: its status and next tick."""
+
+    active: bool
+    paused: bool
+    next_tick: datetime | None
+    jitter_s: float
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> _Arming:
+        """ValueError, KeyError or TypeError when `doc` is not an alarm document."""
+        if not isinstance(doc, dict) or not doc.get("kind") or not doc.get("name"):
+            raise ValueError("not an alarm document")
+        status = doc.get("status") or {}
+        tick = doc.get("nextTick")
+        return cls(
+            active=bool(status.get("active", True)),
+            paused=bool(status.get("paused", False)),
+            next_tick=ensure_utc(datetime.fromisoformat(tick)) if tick else None,
+            jitter_s=float(doc.get("jitterSeconds", 0.0)),
+        )
+
+    def due_at(self, alarm_id: str, tick: datetime) -> datetime:
+        """As Alarm.due_at."""
+        return tick if self.jitter_s <= 0 else tick + jitter_offset(alarm_id, tick, self.jitter_s)
 
 
 @dataclass(slots=True)
@@ -404,6 +481,7 @@ class AlarmService:
         self._on_throttled = on_throttled
         self._retry = retry or RetryPolicy()
         self._grace_s = misfire_grace_s
+        self._grace = timedelta(seconds=misfire_grace_s)
         self._max_cron_fields = max_cron_fields
         self._max_sleep_s = max_sleep_s
         self._close_grace_s = close_grace_s
@@ -493,7 +571,7 @@ class AlarmService:
 
     def _restore_page(
         self,
-        page: builtins.list[StoredEntity],
+        page: builtins.list[StoredText],
         now: datetime,
         summary: _RestoreSummary,
         *,
@@ -503,27 +581,52 @@ class AlarmService:
         a rebalance pushes each, as the timer runs meanwhile)."""
         owns = self._owns
         cut = len(ALARMS_ROOT) + 1
-        for entity in page:
-            namespace = entity.namespace[cut:]
-            if f"{namespace}/{entity.name}" in self._entries:
+        entries = self._entries
+        late_line = now - self._grace
+        for stored in page:
+            namespace = stored.namespace[cut:]
+            key = f"{namespace}/{stored.name}"
+            if key in entries:
                 continue  # seen on an earlier page (moved during the scan), or held already
-            if owns is not None and not owns(namespace, entity.name):
+            if owns is not None and not owns(namespace, stored.name):
                 continue  # another scheduler's shard: not even decoded
             try:
-                alarm = Alarm.from_doc(entity.doc)
+                arming = _Arming.of(orjson.loads(stored.text))
             except (KeyError, ValueError, TypeError):
-                log.exception(
-                    "skipping unreadable alarm document %s/%s", entity.namespace, entity.name
-                )
-                self._counts["internal_errors"] += 1
+                self._unreadable(key)
                 continue
-            entry = _Entry(alarm, entity.revision, unsure=True)
-            self._entries[alarm.id] = entry
+            entry = entries[key] = _Entry(
+                None, stored.revision, unsure=True, id=key, text=stored.text, arming=arming
+            )
             try:
-                self._restore(entry, now, summary, bulk=bulk)
+                if arming.next_tick is None:  # ended, paused, or never fired: decoded now
+                    if self._decoded(entry):
+                        self._restore(entry, now, summary, bulk=bulk)
+                elif arming.active and not arming.paused:
+                    due = arming.due_at(key, arming.next_tick)
+                    if due < late_line:
+                        summary.overdue.append(key)
+                    self._arm(entry, arming.next_tick, catchup=None, heap_push=not bulk, due=due)
             except Exception:  # one bad alarm must not keep the others from starting
                 self._counts["internal_errors"] += 1
-                log.exception("alarm %s could not be scheduled", alarm.id)
+                log.exception("alarm %s could not be scheduled", key)
+
+    def _decoded(self, entry: _Entry) -> bool:
+        """Decode a restored alarm's document if not done yet; an unreadable one is dropped
+        (logged and counted) as a start drops it, and False is answered."""
+        if entry.decoded:
+            return True
+        try:
+            entry.alarm  # noqa: B018 -- decodes
+        except (KeyError, ValueError, TypeError):
+            self._unreadable(entry.id)
+            self._forget(entry)
+            return False
+        return True
+
+    def _unreadable(self, alarm_id: str) -> None:
+        log.exception("skipping unreadable alarm document %s", alarm_id)
+        self._counts["internal_errors"] += 1
 
     async def close(self) -> None:
         """Stop timing; let fires in flight finish (up to close_grace_s), write what is pending.
@@ -632,11 +735,13 @@ class AlarmService:
     def get(self, namespace: str, trigger: str) -> Alarm | None:
         """The alarm of a trigger, None when there is none."""
         entry = self._entries.get(f"{namespace}/{trigger}")
-        return entry.alarm if entry else None
+        return entry.alarm if entry is not None and self._decoded(entry) else None
 
     def list(self, namespace: str) -> list[Alarm]:
         """Every alarm of a namespace, by trigger name."""
-        found = [e.alarm for e in self._entries.values() if e.alarm.namespace == namespace]
+        prefix = f"{namespace}/"
+        mine = [e for e in self._entries.values() if e.id.startswith(prefix)]
+        found = [e.alarm for e in mine if self._decoded(e)]
         return sorted(found, key=lambda a: a.trigger)
 
     async def update(self, namespace: str, trigger: str, params: Mapping[str, Any]) -> Alarm:
@@ -645,7 +750,7 @@ class AlarmService:
         NotFoundError, AlarmValidationError; store errors propagate and change nothing.
         """
         entry = self._entry(namespace, trigger)
-        async with self._locks.hold(entry.alarm.id):
+        async with self._locks.hold(entry.id):
             self._check_current(entry)
             now = self.now()
             new = entry.alarm.updated(params, now=now, max_cron_fields=self._max_cron_fields)
@@ -678,7 +783,7 @@ class AlarmService:
     async def pause(self, namespace: str, trigger: str) -> Alarm:
         """Hold an alarm: nothing fires until `resume`; ticks meanwhile are not made up."""
         entry = self._entry(namespace, trigger)
-        async with self._locks.hold(entry.alarm.id):
+        async with self._locks.hold(entry.id):
             self._check_current(entry)
             alarm = entry.alarm
             if alarm.status.paused:
@@ -697,7 +802,7 @@ class AlarmService:
     async def resume(self, namespace: str, trigger: str) -> Alarm:
         """Undo `pause`: the next tick after now fires (paused-over ticks are not made up)."""
         entry = self._entry(namespace, trigger)
-        async with self._locks.hold(entry.alarm.id):
+        async with self._locks.hold(entry.id):
             self._check_current(entry)
             alarm = entry.alarm
             if not alarm.status.paused:
@@ -786,11 +891,11 @@ class AlarmService:
     def stats(self) -> AlarmStats:
         """Totals for metrics."""
         lags = sorted(self._lags)
-        alarms = [e.alarm for e in self._entries.values()]
+        entries = self._entries.values()
         return AlarmStats(
-            alarms=len(alarms),
-            active=sum(1 for a in alarms if a.status.active and not a.status.paused),
-            paused=sum(1 for a in alarms if a.status.paused),
+            alarms=len(entries),
+            active=sum(1 for e in entries if e.active and not e.paused),
+            paused=sum(1 for e in entries if e.paused),
             scheduled=self._scheduled_count(),
             in_flight=sum(1 for t in self._tasks if not t.done()),
             fires=self._counts["fires"],
@@ -839,7 +944,9 @@ class AlarmService:
             self._rearm_held_back(self._unowned, now, summary)  # still held: owned again
             if not self._fenced:
                 self._holding_back = False  # the next episode is logged again
-            pages = self._store.scan(ALARMS_COLLECTION, ALARMS_ROOT, prefix_match=True, page=4096)
+            pages = self._store.scan_text(
+                ALARMS_COLLECTION, ALARMS_ROOT, prefix_match=True, page=4096
+            )
             with _collector_paused():
                 async for page in pages:
                     self._restore_page(page, now, summary, bulk=False)
@@ -858,10 +965,10 @@ class AlarmService:
         their same ids, which the ledger drops)."""
         owns = self._owns
         assert owns is not None
-        gone = [e for e in self._entries.values() if not owns(e.alarm.namespace, e.alarm.trigger)]
+        gone = [e for e in self._entries.values() if not owns(*_namespace_and_trigger(e.id))]
         unwritten: list[_Entry] = []
         for entry in gone:
-            alarm_id = entry.alarm.id
+            alarm_id = entry.id
             if self._locks.held(alarm_id):  # a user change is half done: let it finish first
                 async with self._locks.hold(alarm_id):
                     pass
@@ -907,7 +1014,7 @@ class AlarmService:
         now = self.now()
         summary = _RestoreSummary()
         pages = aiter(
-            self._store.scan(ALARMS_COLLECTION, ALARMS_ROOT, prefix_match=True, page=4096)
+            self._store.scan_text(ALARMS_COLLECTION, ALARMS_ROOT, prefix_match=True, page=4096)
         )
         # The store reads the next page (in its thread) while this one's alarms are built.
         fetching = asyncio.ensure_future(anext(pages, None))
@@ -933,9 +1040,10 @@ class AlarmService:
             summary.ended.append(alarm.id)
             self._mark_dirty(entry)
             return
-        if alarm.due_at(tick) < now - timedelta(seconds=self._grace_s):
-            summary.overdue.append(alarm.id)
-        self._arm(entry, tick, catchup=None, heap_push=not bulk)
+        due = alarm.due_at(tick)
+        if due < now - self._grace:
+            summary.overdue.append(entry.id)
+        self._arm(entry, tick, catchup=None, heap_push=not bulk, due=due)
 
     def _replan(self, entry: _Entry, tick: datetime, now: datetime) -> None:
         """A restored alarm's tick came up late: apply its misfire policy, then re-arm it (the
@@ -994,13 +1102,21 @@ class AlarmService:
     # -- timing -------------------------------------------------------------------------------
 
     def _arm(
-        self, entry: _Entry, tick: datetime, *, catchup: bool | None, heap_push: bool = True
+        self,
+        entry: _Entry,
+        tick: datetime,
+        *,
+        catchup: bool | None,
+        heap_push: bool = True,
+        due: datetime | None = None,
     ) -> None:
         """Schedule the alarm's tick. `catchup` None: a restored tick, not planned yet (see
-        `_replan`). `heap_push=False` only appends (start() heapifies once)."""
+        `_replan`). `heap_push=False` only appends (start() heapifies once). `due`: the
+        tick's due instant when the caller has it already."""
         entry.token += 1
-        due = entry.alarm.due_at(tick)
-        item = (due, next(self._seq), entry.alarm.id, entry.token, tick, catchup)
+        if due is None:
+            due = entry.alarm.due_at(tick)
+        item = (due, next(self._seq), entry.id, entry.token, tick, catchup)
         if not heap_push:
             self._heap.append(item)
             return
@@ -1050,6 +1166,9 @@ class AlarmService:
             heapq.heappop(self._heap)
             entry = self._entries[item[2]]
             entry.token += 1  # this tick is taken; nothing else may fire it
+            if not self._decoded(entry):
+                item = self._peek()
+                continue
             if item[5] is None and item[0] < late_line:
                 self._replan(entry, item[4], now)
             elif not self._hold_back(entry):
@@ -1109,7 +1228,7 @@ class AlarmService:
         entries = list(parked.values())
         parked.clear()
         for entry in entries:
-            if self._entries.get(entry.alarm.id) is entry:
+            if self._entries.get(entry.id) is entry:
                 self._restore(entry, now, summary, bulk=False)
         if entries and self._holding_back:
             self._holding_back = False
@@ -1119,7 +1238,7 @@ class AlarmService:
         self._first_attempts += 1
         task = asyncio.create_task(
             self._fire_tick(entry, tick, due, catchup, entry.generation),
-            name=f"squall-alarm-fire {entry.alarm.id} {tick.isoformat()}",
+            name=f"squall-alarm-fire {entry.id} {tick.isoformat()}",
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -1200,7 +1319,7 @@ class AlarmService:
                 if tick is not None:
                     self._arm(entry, tick, catchup=False)
         except Exception:
-            log.exception("alarm %s could not be re-armed; it stays idle", entry.alarm.id)
+            log.exception("alarm %s could not be re-armed; it stays idle", entry.id)
 
     async def _deliver(
         self, alarm: Alarm, tick: datetime, activation_id: str, maybe_fired: bool
@@ -1298,7 +1417,7 @@ class AlarmService:
     def _after_fire_of_current(
         self, entry: _Entry, record: FireRecord, result: FireResult, generation: int
     ) -> DeleteAfterFire | None:
-        if self._entries.get(entry.alarm.id) is not entry:
+        if self._entries.get(entry.id) is not entry:
             return None  # deleted while firing
         return self._after_fire(entry, record, result, generation)
 
@@ -1395,7 +1514,7 @@ class AlarmService:
 
     def _mark_dirty(self, entry: _Entry) -> None:
         """The alarm's state changed after a fire or restore: write it in the next batch."""
-        self._dirty[entry.alarm.id] = entry
+        self._dirty[entry.id] = entry
         self._dirty_event.set()
 
     async def _write_loop(self) -> None:
@@ -1461,14 +1580,14 @@ class AlarmService:
                     await self._reconcile(entry)
                 except Exception:  # e.g. an unreadable stored document: keep firing from memory
                     self._counts["internal_errors"] += 1
-                    log.exception("alarm %s: resolving a write conflict failed", entry.alarm.id)
+                    log.exception("alarm %s: resolving a write conflict failed", entry.id)
             return True
 
     def _write_failed(self, batch: Sequence[tuple[_Entry, Alarm]], exc: Exception) -> None:
         self._counts["persist_failures"] += 1
         self._write_failing = True
         for entry, _ in batch:  # newer changes made meanwhile stay queued as they are
-            self._dirty.setdefault(entry.alarm.id, entry)
+            self._dirty.setdefault(entry.id, entry)
         log.warning(
             "writing the state of %d alarms failed (%s: %s); firing goes on from memory and "
             "the write is retried",
@@ -1546,13 +1665,13 @@ class AlarmService:
         if not self.owns(namespace, trigger):
             raise NotOwner(namespace, trigger)
         entry = self._entries.get(f"{namespace}/{trigger}")
-        if entry is None:
+        if entry is None or not self._decoded(entry):
             raise NotFoundError(f"trigger {namespace}/{trigger} has no alarm")
         return entry
 
     def _check_current(self, entry: _Entry) -> None:
-        if self._entries.get(entry.alarm.id) is not entry:
-            raise NotFoundError(f"trigger {entry.alarm.id} has no alarm")
+        if self._entries.get(entry.id) is not entry:
+            raise NotFoundError(f"trigger {entry.id} has no alarm")
 
     def _bump(self, entry: _Entry) -> None:
         """A user change: fires in flight must not re-arm; the armed tick is void."""
@@ -1561,12 +1680,17 @@ class AlarmService:
 
     def _forget(self, entry: _Entry) -> None:
         self._bump(entry)
-        if self._entries.get(entry.alarm.id) is entry:
-            del self._entries[entry.alarm.id]
-        if self._dirty.get(entry.alarm.id) is entry:
-            del self._dirty[entry.alarm.id]
-        self._fenced.pop(entry.alarm.id, None)
-        self._unowned.pop(entry.alarm.id, None)
+        if self._entries.get(entry.id) is entry:
+            del self._entries[entry.id]
+        if self._dirty.get(entry.id) is entry:
+            del self._dirty[entry.id]
+        self._fenced.pop(entry.id, None)
+        self._unowned.pop(entry.id, None)
+
+
+def _namespace_and_trigger(alarm_id: str) -> tuple[str, str]:
+    namespace, _, trigger = alarm_id.partition("/")  # neither name may hold a "/"
+    return namespace, trigger
 
 
 def _describe(alarm: Alarm) -> str:

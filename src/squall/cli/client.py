@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
-
 from squall.cli.properties import normalize_apihost
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_NAMESPACE = "_"
 ACTIVATION_ID_HEADER = "x-openwhisk-activation-id"
@@ -96,6 +97,8 @@ class WhiskClient:
         self.apihost = normalize_apihost(apihost)
         self.namespace = namespace
         self._log = log
+        import httpx  # here, not at the top: `squall standalone` starts without it (~0.15 s)
+
         # 65 s by default: a blocking invoke may legitimately take the server's 60 s maximum.
         self._http = httpx.Client(
             base_url=f"{self.apihost}/api/v1",
@@ -316,6 +319,8 @@ class WhiskClient:
         return _decode(response)
 
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         request = self._http.build_request(method, url, **kwargs)
         started = time.monotonic()
         try:
@@ -370,6 +375,8 @@ def error_from_response(response: httpx.Response) -> WhiskError:
 
 
 def _transport_error(apihost: str, exc: httpx.HTTPError) -> WhiskError:
+    import httpx
+
     if isinstance(exc, httpx.ConnectError | httpx.UnsupportedProtocol):
         return WhiskUnreachable(apihost, str(exc) or type(exc).__name__)
     if isinstance(exc, httpx.TimeoutException):

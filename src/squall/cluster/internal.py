@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from squall.errors import DependencyUnavailable, SquallError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 INTERNAL_PREFIX = "/internal/v1"
 Handler = Callable[[Request], Awaitable[Response]]
@@ -86,6 +88,8 @@ class InternalClient:
             self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
+        import aiohttp  # here, not at the top: one process (standalone) starts without it
+
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0)
             self._session = aiohttp.ClientSession(
@@ -103,6 +107,8 @@ class InternalClient:
         DependencyUnavailable when the member cannot be reached (it may have just died: the
         caller re-reads the membership), InternalCallFailed when it answered with an error.
         """
+        import aiohttp
+
         url = f"{base_url.rstrip('/')}{INTERNAL_PREFIX}{path}"
         timeout = None if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
         try:

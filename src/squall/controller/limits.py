@@ -15,6 +15,7 @@ Throttles (one controller's view, as in OpenWhisk, where each controller counts 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ MB = 1024 * 1024
 # How long past its action's timeout an accepted activation may stay unanswered before it no
 # longer counts as in flight (covers queueing, a cold start and the completion's way back).
 IN_FLIGHT_GRACE_S = 120.0
+IN_FLIGHT_SWEEP_S = 1.0  # how late a lost activation may stop counting, at most
 
 # OpenWhisk's UserLimits names for the per-namespace rates (stored as given).
 RATE_KEYS = ("invocationsPerMinute", "concurrentInvocations", "firesPerMinute")
@@ -184,19 +186,28 @@ class PerMinuteCounter:
 class InFlight:
     """Activations accepted per namespace and not yet completed."""
 
-    def __init__(self, grace_s: float = IN_FLIGHT_GRACE_S) -> None:
+    def __init__(
+        self, grace_s: float = IN_FLIGHT_GRACE_S, sweep_interval_s: float = IN_FLIGHT_SWEEP_S
+    ) -> None:
         self._grace_s = grace_s
+        self._sweep_interval_s = sweep_interval_s
         self._by_namespace: dict[str, dict[str, float]] = {}  # ns -> activation id -> expiry
         self._namespace_of: dict[str, str] = {}
+        self._swept_at: dict[str, float] = {}  # ns -> when its expired entries were dropped
 
     def count(self, namespace: str) -> int:
+        """Activations of `namespace` in flight. Entries past their expiry (a completion that
+        never came) are dropped at most every `sweep_interval_s`: looking at every entry on
+        every admission cost ~3% of the CPU of 1,000 alarm fires a second."""
         active = self._by_namespace.get(namespace)
         if not active:
             return 0
         now = time.monotonic()
-        expired = [aid for aid, expiry in active.items() if expiry < now]
-        for aid in expired:
-            self.done(aid)
+        if now - self._swept_at.get(namespace, -math.inf) >= self._sweep_interval_s:
+            self._swept_at[namespace] = now
+            expired = [aid for aid, expiry in active.items() if expiry < now]
+            for aid in expired:
+                self.done(aid)
         return len(active)
 
     def add(self, namespace: str, activation_id: str, timeout_ms: int) -> None:

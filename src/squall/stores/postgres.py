@@ -38,6 +38,7 @@ from squall.abc import (
     JSONDict,
     RecordPage,
     StoredEntity,
+    StoredText,
     SubjectRecord,
 )
 from squall.errors import ConflictError, DependencyUnavailable, StoreError
@@ -384,6 +385,22 @@ class PostgresEntityStore(EntityStore):
             if len(batch) < page:
                 return
 
+    async def scan_text(
+        self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
+    ) -> AsyncIterator[builtins.list[StoredText]]:
+        where, params = entity_scope(collection, namespace, prefix_match, "%s")
+        after: tuple[str, str] | None = None
+        while True:  # bounded: the key grows on every page and the table is finite
+            rows = await self._db.run(
+                "scanning entities", partial(_entity_scan_rows, where, params, after, page)
+            )
+            batch = [StoredText(collection, ns, nm, rev, text) for ns, nm, rev, text in rows]
+            if batch:
+                yield batch
+                after = (batch[-1].namespace, batch[-1].name)
+            if len(batch) < page:
+                return
+
     async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:
         where, params = entity_scope(collection, namespace, prefix_match, "%s")
 
@@ -549,6 +566,14 @@ async def _entity_scan(
     where: str, params: tuple[str, ...], collection: str, after: tuple[str, str] | None,
     limit: int, conn: psycopg.AsyncConnection[Any],
 ) -> list[StoredEntity]:
+    rows = await _entity_scan_rows(where, params, after, limit, conn)
+    return [StoredEntity(collection, ns, nm, rev, _loads(doc)) for ns, nm, rev, doc in rows]
+
+
+async def _entity_scan_rows(
+    where: str, params: tuple[str, ...], after: tuple[str, str] | None, limit: int,
+    conn: psycopg.AsyncConnection[Any],
+) -> list[tuple[str, str, int, str]]:
     if after is not None:
         where += " AND (namespace, name) > (%s, %s)"
         params = (*params, *after)
@@ -557,8 +582,7 @@ async def _entity_scan(
         "ORDER BY namespace, name LIMIT %s",
         (*params, max(limit, 1)),
     )
-    return [StoredEntity(collection, ns, nm, rev, _loads(doc))
-            for ns, nm, rev, doc in await cur.fetchall()]  # fmt: skip
+    return await cur.fetchall()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from squall.abc import (
     JSONDict,
     RecordPage,
     StoredEntity,
+    StoredText,
     SubjectRecord,
 )
 from squall.errors import ConflictError, StoreError
@@ -480,6 +481,21 @@ class SqliteEntityStore(EntityStore):
             if len(batch) < page:
                 return
 
+    async def scan_text(
+        self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
+    ) -> AsyncIterator[builtins.list[StoredText]]:
+        after: tuple[str, str] | None = None
+        while True:  # bounded: the key grows on every page and the table is finite
+            batch = await self._db.run(
+                "scanning entities", _entity_scan_text, collection, namespace, prefix_match,
+                after, page,
+            )
+            if batch:
+                yield batch
+                after = (batch[-1].namespace, batch[-1].name)
+            if len(batch) < page:
+                return
+
     async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:
         return await self._db.run(
             "counting entities", _entity_count, collection, namespace, prefix_match
@@ -632,16 +648,31 @@ def _entity_scan(
     conn: sqlite3.Connection, collection: str, namespace: str, prefix_match: bool,
     after: tuple[str, str] | None, limit: int,
 ) -> list[StoredEntity]:
+    rows = _entity_scan_rows(conn, collection, namespace, prefix_match, after, limit)
+    return [StoredEntity(collection, ns, name, rev, _loads(doc)) for ns, name, rev, doc in rows]
+
+
+def _entity_scan_text(
+    conn: sqlite3.Connection, collection: str, namespace: str, prefix_match: bool,
+    after: tuple[str, str] | None, limit: int,
+) -> list[StoredText]:
+    rows = _entity_scan_rows(conn, collection, namespace, prefix_match, after, limit)
+    return [StoredText(collection, ns, name, rev, doc) for ns, name, rev, doc in rows]
+
+
+def _entity_scan_rows(
+    conn: sqlite3.Connection, collection: str, namespace: str, prefix_match: bool,
+    after: tuple[str, str] | None, limit: int,
+) -> sqlite3.Cursor:
     where, params = entity_scope(collection, namespace, prefix_match, "?")
     if after is not None:  # keyset paging along the primary key (namespace, name)
         where += " AND (namespace, name) > (?, ?)"
         params = (*params, *after)
-    rows = conn.execute(
+    return conn.execute(
         f"SELECT namespace, name, revision, doc FROM entities WHERE {where} "
         "ORDER BY namespace, name LIMIT ?",
         (*params, max(limit, 1)),
     )
-    return [StoredEntity(collection, ns, name, rev, _loads(doc)) for ns, name, rev, doc in rows]
 
 
 def _entity_count(
