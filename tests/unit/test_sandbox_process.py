@@ -123,6 +123,15 @@ async def test_hello_world_returns_json(factory: ProcessSandboxFactory) -> None:
     await sandbox.destroy()
 
 
+async def test_sandboxes_run_under_sched_batch(factory: ProcessSandboxFactory) -> None:
+    """So a woken sandbox does not preempt the platform's event loop (see zygote.run_as_batch)."""
+    code = "import os\ndef main(a):\n    return {'policy': os.sched_getscheduler(0)}\n"
+    sandbox = await make(factory, code)
+    assert result(await run(sandbox)) == {"policy": os.SCHED_BATCH}
+    assert os.sched_getscheduler(os.getpid()) == os.SCHED_OTHER  # the platform keeps its own
+    await sandbox.destroy()
+
+
 async def test_params_reach_main(factory: ProcessSandboxFactory) -> None:
     sandbox = await make(factory, HELLO)
     assert result(await run(sandbox, {"name": "Ada"})) == {"greeting": "Hello Ada!"}

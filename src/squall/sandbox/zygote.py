@@ -131,10 +131,25 @@ def main(argv: list[str]) -> None:
     prctl = Prctl(libc)
     # Orphaned grandchildren (an action's forks) become ours, so we reap them: no zombies.
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+    run_as_batch()
     # Objects allocated so far are never collected; keeping the collector off their pages
     # keeps those pages shared with every child.
     gc.freeze()
     Zygote(sock, launcher, prctl, kept_fds).serve()
+
+
+def run_as_batch() -> None:
+    """Put the zygote, and so every sandbox (fork and exec keep it), under SCHED_BATCH.
+
+    The kernel then never lets a sandbox that wakes up (a request written to it) preempt the
+    platform's event loop on the core they share: the sandbox runs on an idle core, or once
+    the loop waits. Under the default policy each request to a warm sandbox cost the loop a
+    context switch: with 1,000 alarm fires a second through a no-op action, 671 fires/s and
+    1.31 ms of platform CPU per fire, against 864 fires/s and 1.00 ms under SCHED_BATCH.
+    Lowering one's own policy needs no privilege; where it is missing (not Linux) or refused
+    (a seccomp profile), sandboxes keep the default."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 def load_launcher(path: str) -> types.ModuleType:
