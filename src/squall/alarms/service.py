@@ -346,6 +346,8 @@ class _Arming:
         if not isinstance(doc, dict) or not doc.get("kind") or not doc.get("name"):
             raise ValueError("not an alarm document")
         status = doc.get("status") or {}
+        if not isinstance(status, dict):
+            raise TypeError("the alarm's status is not an object")
         tick = doc.get("nextTick")
         return cls(
             active=bool(status.get("active", True)),
@@ -618,7 +620,7 @@ class AlarmService:
             return True
         try:
             entry.alarm  # noqa: B018 -- decodes
-        except (KeyError, ValueError, TypeError):
+        except Exception:  # whatever it is, the document is not an alarm's
             self._unreadable(entry.id)
             self._forget(entry)
             return False

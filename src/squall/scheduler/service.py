@@ -314,11 +314,16 @@ class SchedulerService:
         error record, its containers and pending creations are forgotten, and queues that
         still hold activations get new containers elsewhere at once."""
         prefix = f"{invoker_id}/"
+        failed: list[str] = []
         for container_id in [c for c in self._in_flight if c.startswith(prefix)]:
             message, _ = self._in_flight.pop(container_id)
-            log.warning("activation %s was running on invoker %s, which is gone; failing it",
-                        message.activation_id, invoker_id)  # fmt: skip
             self._fail(message, INVOKER_GONE, WHISK_ERROR)
+            failed.append(message.activation_id)
+        if failed:  # one line, not one per activation: a busy invoker runs hundreds
+            more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
+            shown = ", ".join(failed[:5]) + more
+            log.warning("invoker %s is gone; the %d activations running there end with a "
+                        "whisk error: %s", invoker_id, len(failed), shown)  # fmt: skip
         for container_id, fetching in list(self._remote_fetches.items()):
             if container_id.startswith(prefix):
                 fetching.cancel()
