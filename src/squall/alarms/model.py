@@ -232,9 +232,7 @@ class Alarm:
 
     def due_at(self, tick: datetime) -> datetime:
         """When `tick` fires: the tick plus its deterministic jitter."""
-        if self.jitter_s <= 0:
-            return tick
-        return tick + jitter_offset(self.id, tick, self.jitter_s)
+        return tick if self.jitter_s <= 0 else due_at(self.id, tick, self.jitter_s)
 
     def end_reason(self) -> StatusReason:
         """Why the alarm has no next tick (after a fire or a restart)."""
@@ -542,6 +540,11 @@ def activation_id_for(alarm_id: str, tick: datetime) -> str:
     """
     text = f"{alarm_id}|{ensure_utc(tick, 'tick').isoformat()}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def due_at(alarm_id: str, tick: datetime, jitter_s: float) -> datetime:
+    """When the alarm's `tick` fires: the tick plus its deterministic jitter."""
+    return tick + jitter_offset(alarm_id, tick, jitter_s) if jitter_s > 0 else tick
 
 
 def jitter_offset(alarm_id: str, tick: datetime, jitter_s: float) -> timedelta:

@@ -88,8 +88,8 @@ from squall.alarms.model import (
     Plan,
     StatusReason,
     activation_id_for,
+    due_at,
     epoch_ms,
-    jitter_offset,
     js_iso,
     msg_status_code,
     plan_next,
@@ -357,8 +357,7 @@ class _Arming:
         )
 
     def due_at(self, alarm_id: str, tick: datetime) -> datetime:
-        """As Alarm.due_at."""
-        return tick if self.jitter_s <= 0 else tick + jitter_offset(alarm_id, tick, self.jitter_s)
+        return due_at(alarm_id, tick, self.jitter_s)
 
 
 @dataclass(slots=True)

@@ -51,6 +51,7 @@ from squall.stores.rows import (
     activation_row,
     dumps,
     entity_scope,
+    keyset_pages,
     now_ms,
 )
 from squall.stores.urls import redact
@@ -369,37 +370,21 @@ class PostgresEntityStore(EntityStore):
 
         return await self._db.run("listing entities", query)
 
-    async def scan(
+    def scan(
         self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
     ) -> AsyncIterator[builtins.list[StoredEntity]]:
-        """Keyset pages along the primary key (OFFSET would re-read every skipped row)."""
         where, params = entity_scope(collection, namespace, prefix_match, "%s")
-        after: tuple[str, str] | None = None
-        while True:  # bounded: the key grows on every page and the table is finite
-            batch = await self._db.run(
-                "scanning entities", partial(_entity_scan, where, params, collection, after, page)
-            )
-            if batch:
-                yield batch
-                after = (batch[-1].namespace, batch[-1].name)
-            if len(batch) < page:
-                return
+        return keyset_pages(lambda after: self._db.run(
+            "scanning entities", partial(_entity_scan, where, params, collection, after, page),
+        ), page)  # fmt: skip
 
-    async def scan_text(
+    def scan_text(
         self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
     ) -> AsyncIterator[builtins.list[StoredText]]:
         where, params = entity_scope(collection, namespace, prefix_match, "%s")
-        after: tuple[str, str] | None = None
-        while True:  # bounded: the key grows on every page and the table is finite
-            rows = await self._db.run(
-                "scanning entities", partial(_entity_scan_rows, where, params, after, page)
-            )
-            batch = [StoredText(collection, ns, nm, rev, text) for ns, nm, rev, text in rows]
-            if batch:
-                yield batch
-                after = (batch[-1].namespace, batch[-1].name)
-            if len(batch) < page:
-                return
+        return keyset_pages(lambda after: self._db.run(
+            "scanning entities", partial(_entity_scan_text, where, params, collection, after, page),
+        ), page)  # fmt: skip
 
     async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:
         where, params = entity_scope(collection, namespace, prefix_match, "%s")
@@ -568,6 +553,14 @@ async def _entity_scan(
 ) -> list[StoredEntity]:
     rows = await _entity_scan_rows(where, params, after, limit, conn)
     return [StoredEntity(collection, ns, nm, rev, _loads(doc)) for ns, nm, rev, doc in rows]
+
+
+async def _entity_scan_text(
+    where: str, params: tuple[str, ...], collection: str, after: tuple[str, str] | None,
+    limit: int, conn: psycopg.AsyncConnection[Any],
+) -> list[StoredText]:
+    rows = await _entity_scan_rows(where, params, after, limit, conn)
+    return [StoredText(collection, ns, nm, rev, text) for ns, nm, rev, text in rows]
 
 
 async def _entity_scan_rows(

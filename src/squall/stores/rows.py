@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -119,6 +119,33 @@ def percentile(ordered: Sequence[float], pct: float) -> float:
 
 
 # SQL shared by the SQL stores; `mark` is the driver's parameter placeholder (`?` or `%s`).
+
+
+class _Keyed(Protocol):
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+Keyed = TypeVar("Keyed", bound=_Keyed)
+Key = tuple[str, str]
+
+
+async def keyset_pages(
+    fetch: Callable[[Key | None], Awaitable[list[Keyed]]], page: int
+) -> AsyncIterator[list[Keyed]]:
+    """Pages along the entities' primary key (namespace, name): `fetch(after)` reads the next
+    `page` rows after that key (OFFSET would re-read every skipped row). Entities written
+    during the scan may be missed."""
+    after: Key | None = None
+    while True:  # bounded: the key grows on every page and the table is finite
+        batch = await fetch(after)
+        if batch:
+            yield batch
+            after = (batch[-1].namespace, batch[-1].name)
+        if len(batch) < page:
+            return
 
 
 def entity_scope(

@@ -49,6 +49,7 @@ from squall.stores.rows import (
     activation_filter,
     activation_row,
     entity_scope,
+    keyset_pages,
 )
 from squall.stores.rows import dumps as _dumps
 from squall.stores.rows import now_ms as _now_ms
@@ -466,35 +467,20 @@ class SqliteEntityStore(EntityStore):
             "listing entities", _entity_list, collection, namespace, skip, limit, prefix_match
         )
 
-    async def scan(
+    def scan(
         self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
     ) -> AsyncIterator[builtins.list[StoredEntity]]:
-        after: tuple[str, str] | None = None
-        while True:  # bounded: the key grows on every page and the table is finite
-            batch = await self._db.run(
-                "scanning entities", _entity_scan, collection, namespace, prefix_match, after,
-                page,
-            )
-            if batch:
-                yield batch
-                after = (batch[-1].namespace, batch[-1].name)
-            if len(batch) < page:
-                return
+        return keyset_pages(lambda after: self._db.run(
+            "scanning entities", _entity_scan, collection, namespace, prefix_match, after, page,
+        ), page)  # fmt: skip
 
-    async def scan_text(
+    def scan_text(
         self, collection: str, namespace: str, *, prefix_match: bool = False, page: int = 1000
     ) -> AsyncIterator[builtins.list[StoredText]]:
-        after: tuple[str, str] | None = None
-        while True:  # bounded: the key grows on every page and the table is finite
-            batch = await self._db.run(
-                "scanning entities", _entity_scan_text, collection, namespace, prefix_match,
-                after, page,
-            )
-            if batch:
-                yield batch
-                after = (batch[-1].namespace, batch[-1].name)
-            if len(batch) < page:
-                return
+        return keyset_pages(lambda after: self._db.run(
+            "scanning entities", _entity_scan_text, collection, namespace, prefix_match, after,
+            page,
+        ), page)  # fmt: skip
 
     async def count(self, collection: str, namespace: str, *, prefix_match: bool = False) -> int:
         return await self._db.run(
