@@ -323,6 +323,7 @@ def build_platform(settings: Settings, roles: frozenset[Role] = ALL_ROLES) -> Pl
         on_throttled=feeds.record_throttled,
         owns=ownership,
         may_fire=None if one_process else (lambda: coordinator.lease_valid),
+        max_concurrent_fires=settings.scheduler.alarm_fires_in_flight,
     )
     feeds.attach(alarms if one_process else remote_alarms(placement, internal))
     monitors, warnings = dependency_monitors(settings)

@@ -923,6 +923,27 @@ async def test_the_state_of_a_burst_of_fires_is_written_in_a_few_batches(
         assert doc is not None and doc["nextTick"] == at(2).isoformat()
 
 
+async def test_full_batches_of_state_are_written_without_the_gathering_delay(
+    store: SqliteEntityStore, services: Factory
+) -> None:
+    """The writer waits `write_delay_s` only for a batch to gather: with a full batch (or more)
+    changed, it writes at once, so a backlog of changed alarms drains at the store's pace."""
+    counting = CountingStore(store)
+    clock, fire = FakeClock(T0), TriggerFireDouble()
+    service = await services(counting, fire, clock=clock, write_batch=40, write_delay_s=4.0)
+    for i in range(100):
+        await service.create(cron_alarm(f"g{i}", "* * * * *", T0))
+    clock.set(at(1))
+    service.rearm()  # not wait_idle: that waits for the last, partial batch too (4 s)
+    for _ in range(100):  # bounded: 2 s, against a 4 s gathering delay
+        if sum(counting.batches) >= 80:
+            break
+        await asyncio.sleep(0.02)
+    assert len(fire.calls) == 100
+    assert sum(counting.batches) >= 80, counting.batches  # the two full batches, at once
+    assert max(counting.batches) <= 40
+
+
 async def test_alarms_live_beside_trigger_entities_of_the_same_name(
     store: SqliteEntityStore, services: Factory
 ) -> None:

@@ -82,11 +82,13 @@ def test_settings_from_environment() -> None:
             "SQUALL_DATA_DIR": "/tmp/x",
             "LIMITS_ACTIONS_INVOKES_CONCURRENT": "7",
             "SQUALL_PREWARM_COUNT": "0",
+            "SQUALL_SCHEDULER_ALARM_FIRES_IN_FLIGHT": "512",
         }
     )
     assert settings.port == 4000 and settings.data_dir == Path("/tmp/x")
     assert settings.limits.concurrent_invocations == 7
     assert settings.invoker.prewarm_count == 0
+    assert settings.scheduler.alarm_fires_in_flight == 512
 
 
 @pytest.mark.parametrize(
@@ -96,6 +98,10 @@ def test_settings_from_environment() -> None:
         ({"SQUALL_PORT": "70000"}, "port 70000 is out of range"),
         ({"SQUALL_GUEST_AUTH": "no-colon"}, "SQUALL_GUEST_AUTH must be 'uuid:key'"),
         ({"SQUALL_PREWARM_COUNT": "-1"}, "SQUALL_PREWARM_COUNT must be 0 or more"),
+        (
+            {"SQUALL_SCHEDULER_ALARM_FIRES_IN_FLIGHT": "0"},
+            "SQUALL_SCHEDULER_ALARM_FIRES_IN_FLIGHT must be at least 1",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], fragment: str) -> None:

@@ -8,6 +8,11 @@ deleting an alarm re-arms it. The sleep is capped at `max_sleep_s` (60 s) so a w
 (NTP step, suspended laptop) is noticed within a minute; `rearm()` makes it look at once.
 Each due tick is fired by its own task, at most `max_concurrent_fires` in their first attempt at
 once (the rest of a burst waits in the heap), so a slow fire never delays another alarm's tick.
+The cap (256; `scheduler.alarm_fires_in_flight`) is also the scheduler's backpressure: a fire
+with an active rule holds its slot until its trigger record's group commit, so fires/s is at
+most the cap divided by that latency. A higher cap fires faster than the actions can run on a
+saturated machine, and the rules' invocations are then refused by the namespace's in-flight
+quota (429 in the trigger activation's logs) instead of running late.
 An alarm has at most one tick in flight; its next tick is armed when the fire returns.
 
 Exactly once per tick
@@ -462,7 +467,7 @@ class AlarmService:
         close_grace_s: float = 2.0,
         fire_timeout_s: float = 30.0,
         write_delay_s: float = 0.02,
-        write_batch: int = 256,
+        write_batch: int = 1024,
         owns: Ownership | None = None,
         may_fire: Callable[[], bool] | None = None,
         fence_retry_s: float = 0.5,
@@ -1528,7 +1533,7 @@ class AlarmService:
         delay = self._retry.base_delay_s
         while True:  # ends when closing and nothing is left (or the store keeps failing)
             await self._dirty_event.wait()
-            if not self._fires_done:
+            if not self._fires_done and len(self._dirty) < self._write_batch:
                 await asyncio.sleep(self._write_delay_s)  # let a batch gather
             self._dirty_event.clear()
             written = await self._write_dirty()
