@@ -36,6 +36,15 @@ def test_stored_limits_override_the_system_ones() -> None:
     assert "allowedKinds" not in NamespaceLimits.resolve(SYSTEM, {}).to_json()
 
 
+def test_a_namespace_without_overrides_gets_the_system_limits_and_others_their_own() -> None:
+    throttles = Throttles(SYSTEM)
+    plain = throttles.limits({})
+    assert plain == NamespaceLimits.resolve(SYSTEM, {}) and plain.invocations_per_minute == 5
+    assert throttles.limits({}) is plain  # resolved once, not on every invoke and fire
+    assert throttles.limits({"invocationsPerMinute": 9}).invocations_per_minute == 9
+    assert throttles.limits({}).invocations_per_minute == 5
+
+
 def test_a_range_moves_the_default_inside_it() -> None:
     limits = NamespaceLimits.resolve(SYSTEM, {"minActionMemory": 300 * MB})
     assert limits.actions.memory_mb.default == 300

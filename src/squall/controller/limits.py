@@ -231,6 +231,9 @@ class Throttles:
     def __init__(self, system: SystemLimits, kind_aliases: Mapping[str, str] | None = None) -> None:
         self.system = system
         self.kind_aliases = dict(kind_aliases or {})
+        # Most namespaces override nothing: their limits are resolved once, not on every
+        # invoke and fire (resolving them was ~3% of an alarm fire's CPU).
+        self._defaults = NamespaceLimits.resolve(system, {})
         self._invocations = PerMinuteCounter()
         self._fires = PerMinuteCounter()
         self._in_flight = InFlight()
@@ -240,7 +243,7 @@ class Throttles:
         self.share: Callable[[], int] = lambda: 1
 
     def limits(self, stored: Mapping[str, Any]) -> NamespaceLimits:
-        return NamespaceLimits.resolve(self.system, stored)
+        return NamespaceLimits.resolve(self.system, stored) if stored else self._defaults
 
     def admit_invocation(
         self, namespace: str, stored: Mapping[str, Any], kind: str, activation_id: str,
