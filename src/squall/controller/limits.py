@@ -232,7 +232,7 @@ class Throttles:
         self.system = system
         self.kind_aliases = dict(kind_aliases or {})
         # Most namespaces override nothing: their limits are resolved once, not on every
-        # invoke and fire (resolving them was ~3% of an alarm fire's CPU).
+        # invoke and fire (2-3% of an alarm fire's CPU in a profile).
         self._defaults = NamespaceLimits.resolve(system, {})
         self._invocations = PerMinuteCounter()
         self._fires = PerMinuteCounter()
