@@ -136,10 +136,10 @@ class SchedulerSettings:
     )
     # Alarm ticks fired at once (their first attempt). A fire with an active rule waits for
     # its trigger record's group commit before its actions are sent (the fire ledger), so this
-    # many fires per commit latency is the most a scheduler delivers. Higher fires more per
-    # second when the commit is slow but the CPU is not saturated; on a saturated machine the
-    # actions then fall behind and the namespace's in-flight quota refuses them (measured on
-    # 2 cores: 2048 gave 1,063 fires/s with two thirds of the rules' invocations refused).
+    # many fires per commit latency is the most a scheduler delivers. Higher helps while the
+    # CPU has room; each waiting fire's actions count against the namespace's in-flight quota
+    # (measured on 2 cores: 2048 gave 1,063 fires/s with two thirds of the rules' invocations
+    # refused by a quota of 1,000, and 903 fires/s with every action run once it was lifted).
     alarm_fires_in_flight: int = 256
 
 

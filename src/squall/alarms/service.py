@@ -10,9 +10,9 @@ Each due tick is fired by its own task, at most `max_concurrent_fires` in their 
 once (the rest of a burst waits in the heap), so a slow fire never delays another alarm's tick.
 The cap (256; `scheduler.alarm_fires_in_flight`) is also the scheduler's backpressure: a fire
 with an active rule holds its slot until its trigger record's group commit, so fires/s is at
-most the cap divided by that latency. A higher cap fires faster than the actions can run on a
-saturated machine, and the rules' invocations are then refused by the namespace's in-flight
-quota (429 in the trigger activation's logs) instead of running late.
+most the cap divided by that latency. Its rules' actions count as in flight for the
+namespace's quota from before that commit, so a higher cap also gets more of them refused
+(429 in the trigger activation's logs) while the commits are slow.
 An alarm has at most one tick in flight; its next tick is armed when the fire returns.
 
 Exactly once per tick
