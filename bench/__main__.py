@@ -160,7 +160,10 @@ def smoke_problems(results: dict[str, Any]) -> list[str]:
         if phase is not None and phase.get("failed"):
             problems.append(f"{key}: {phase['failed']} invocations failed")
     smoke = bool(targets.dig(results, ("plan", "smoke")))
-    alarm_phases = ("alarms", "alarms_inactive_rules", "alarms_spread", "alarms_apscheduler")
+    alarm_phases = (
+        "alarms", "alarms_inactive_rules", "alarms_spread", "alarms_spread_active",
+        "alarms_apscheduler",
+    )  # fmt: skip
     for key in alarm_phases if smoke else ():
         phase = results.get(key)
         if phase and "skipped" not in phase and not targets.dig(phase, ("fires_per_s",)):

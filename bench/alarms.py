@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import importlib.util
 import json
 import math
@@ -42,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +52,10 @@ import psutil
 
 from bench.loadgen import REPO_ROOT
 from bench.procinfo import cpu_per_op, cpu_snapshot, memory_of, peak_rss_mib, tree_memory
-from bench.servers import Server, clean_env, guest_auth, squall_server
+from bench.servers import HOST, Server, clean_env, guest_auth, squall_server
 from bench.stats import summarize_ms
 from squall.alarms import ALARMS_COLLECTION, Alarm, activation_id_for
+from squall.alarms.model import due_at
 from squall.alarms.service import store_path
 from squall.config import SystemLimits
 from squall.entities.action import build_action
@@ -82,6 +84,7 @@ ENTITY_COLUMNS = ("namespace", "name", "collection", "revision", "updated", "seq
 SEED_CHUNK = 1000
 ALARM_LOG_LINE = "alarm service started with"
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
+CAUGHT_UP_BEHIND_S = 1.5  # see wait_caught_up
 
 
 def trigger_name(i: int) -> str:
@@ -111,11 +114,17 @@ class Row:
 
 
 def build_rows(
-    firing: int, idle: int, rule_status: str, now: datetime, jitter_s: float = 0.0
+    firing: int,
+    idle: int,
+    rule_status: str,
+    now: datetime,
+    jitter_s: float = 0.0,
+    first_tick_after: datetime | None = None,
 ) -> Iterator[Row]:
     """Every document of the benchmark's namespace, as the controller and AlarmService build
-    and store them (alarms: `Alarm.from_params(...).to_doc()` with `next_tick` set). With
-    `jitter_s`, the firing alarms' ticks are spread over that many seconds (jitterSeconds)."""
+    and store them (alarms: `Alarm.from_params(...).to_doc()` with `next_tick` set: the first
+    tick after `first_tick_after`, default `now`). With `jitter_s`, the firing alarms' ticks
+    are spread over that many seconds (jitterSeconds)."""
     limits = SystemLimits()
     action = build_action(
         NAMESPACE,
@@ -136,7 +145,8 @@ def build_rows(
     templates[YEARLY_CRON] = Alarm.from_params(
         NAMESPACE, "template", "cron", {"cron": YEARLY_CRON}, now=now
     )
-    next_ticks = {cron: alarm.next_tick_after(now) for cron, alarm in templates.items()}
+    first = first_tick_after or now
+    next_ticks = {cron: alarm.next_tick_after(first) for cron, alarm in templates.items()}
     body = {"annotations": [{"key": "feed", "value": FEED}]}
     for i in range(firing + idle):
         name = trigger_name(i)
@@ -186,10 +196,14 @@ def bulk_insert(db: Path, rows: list[Row]) -> None:
 
 
 async def _seed(
-    db: Path, firing: int, idle: int, rule_status: str, jitter_s: float
+    db: Path, firing: int, idle: int, rule_status: str, jitter_s: float, lead_s: float
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    rows = list(build_rows(firing, idle, rule_status, datetime.now(UTC), jitter_s))
+    now = datetime.now(UTC)
+    first_ticks_after = now + timedelta(seconds=lead_s)
+    rows = list(
+        build_rows(firing, idle, rule_status, now, jitter_s, first_tick_after=first_ticks_after)
+    )
     built = time.perf_counter()
     store = SqliteEntityStore(db)
     await store.start()  # creates the schema through the store's own migrations
@@ -232,13 +246,15 @@ async def _seed(
         "build_s": round(built - started, 2),
         "write_s": round(written - built, 2),
         "rule_status": rule_status,
+        "first_ticks_after_wall": round(first_ticks_after.timestamp(), 3),
     }
 
 
 def seed(
-    db: Path, firing: int, idle: int, rule_status: str, jitter_s: float = 0.0
+    db: Path, firing: int, idle: int, rule_status: str, jitter_s: float = 0.0, lead_s: float = 0.0
 ) -> dict[str, Any]:
-    return asyncio.run(_seed(db, firing, idle, rule_status, jitter_s))
+    """Seed a fresh data dir; the alarms' first ticks come after `lead_s` from now."""
+    return asyncio.run(_seed(db, firing, idle, rule_status, jitter_s, lead_s))
 
 
 # -- timing helpers ----------------------------------------------------------------------------
@@ -253,10 +269,50 @@ def sleep_until(wall: float) -> None:
         time.sleep(min(left, 0.5))
 
 
-def choose_window(ready_wall: float, plan: Plan) -> tuple[int, int]:
-    """[W0, W1): whole seconds, W0 at least `alarm_warmup_s` after the service was ready."""
-    w0 = math.ceil(ready_wall + plan.alarm_warmup_s)
+def choose_window(ready_wall: float, waited_wall: float | None, plan: Plan) -> tuple[int, int]:
+    """[W0, W1): whole seconds, W0 at least `alarm_warmup_s` after the service was ready and
+    a second after the wait for its catch-up ended (`waited_wall`, when there was one)."""
+    w0 = math.ceil(max(ready_wall + plan.alarm_warmup_s, (waited_wall or 0) + 1))
     return w0, w0 + int(plan.alarm_window_s)
+
+
+def behind_s(server: Server) -> float | None:
+    """The platform's `squall_alarm_fires_behind_seconds`: how late its oldest due tick not
+    yet fired is (None when the scrape failed)."""
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "squall_alarm_fires_behind_seconds":
+            return float(value)
+    return None
+
+
+def wait_caught_up(server: Server, plan: Plan) -> dict[str, Any]:
+    """Wait (at most `alarm_catchup_max_s`) until the restarted platform has fired the ticks
+    missed while it was down: three scrapes in a row, a second apart, that find no due tick
+    waiting longer than `CAUGHT_UP_BEHIND_S` (on time, one second's 1,000 ticks, all due at
+    the same instant, take up to about a second to start; the restart's backlog is the
+    seconds it was down). The scrape walks every alarm, so it is not done inside the window."""
+    started = time.time()
+    deadline = started + plan.alarm_catchup_max_s
+    most, on_time = 0.0, 0
+    while time.time() < deadline:
+        behind = behind_s(server)
+        if behind is not None:
+            most = max(most, behind)
+            on_time = on_time + 1 if behind < CAUGHT_UP_BEHIND_S else 0
+            if on_time == 3:
+                now = round(time.time(), 3)
+                return {"caught_up_wall": now, "waited_wall": now, "most_behind_s": round(most, 3)}
+        time.sleep(1.0)
+    return {"caught_up_wall": None, "waited_wall": time.time(), "most_behind_s": round(most, 3)}
 
 
 def ticks_between(firing: int, first: int, end: int) -> Iterator[tuple[int, int]]:
@@ -324,10 +380,16 @@ def phase_squall_alarms(plan: Plan, rule_status: str, jitter_s: float = 0.0) -> 
         "warmup_s": plan.alarm_warmup_s,
     }
     try:
-        out["seed"] = seed(data / "squall.db", firing, idle, rule_status, jitter_s)
+        out["seed"] = seed(
+            data / "squall.db", firing, idle, rule_status, jitter_s, plan.alarm_seed_lead_s
+        )
         timeout = plan.alarm_boot_timeout_s
         with squall_server(SETTINGS, timeout, data_dir=data, auth=auth, poll_s=0.01) as first:
             out["first_boot"] = boot_figures(first)
+            # > 0: the first boot was ready before the seeded alarms' first ticks (no backlog)
+            out["first_boot"]["ready_before_first_ticks_s"] = round(
+                out["seed"]["first_ticks_after_wall"] - out["first_boot"]["ready_wall"], 3
+            )
             time.sleep(plan.alarm_first_boot_s)
             stopped_wall = time.time()
         out["first_boot"].update(
@@ -338,7 +400,13 @@ def phase_squall_alarms(plan: Plan, rule_status: str, jitter_s: float = 0.0) -> 
             restart = boot_figures(squall)
             main = squall.process()
             out["memory_at_ready"] = memory_figures(main)
-            w0, w1 = choose_window(restart["ready_wall"], plan)
+            catchup = wait_caught_up(squall, plan)
+            caught_up = catchup["caught_up_wall"]
+            restart["caught_up_s"] = (
+                round(caught_up - restart["ready_wall"], 3) if caught_up else None
+            )
+            restart["most_behind_s"] = catchup["most_behind_s"]
+            w0, w1 = choose_window(restart["ready_wall"], catchup["waited_wall"], plan)
             sleep_until(w0)
             before = cpu_snapshot(main)
             sleep_until(w1)
@@ -368,6 +436,7 @@ def phase_squall_alarms(plan: Plan, rule_status: str, jitter_s: float = 0.0) -> 
             restart["launched_wall"],
             recorded=rule_status == ACTIVE,
             stop_wall=stop2_wall,
+            jitter_s=jitter_s,
         )
         out.update(analysis)
         delivered = analysis["window_fires"]["delivered"]
@@ -463,11 +532,13 @@ def analyze_squall(
     restart_wall: float,
     recorded: bool,
     stop_wall: float,
+    jitter_s: float = 0.0,
 ) -> dict[str, Any]:
     """Every fire scheduled from the first boot's stop (`gap_from`) to W1, looked up by its id;
     `restart_wall` is when the measured boot's process started; `recorded`: the rules are
     active, so every fire leaves a trigger activation. A window tick not fired by the stop
-    (`stop_wall`) enters the lag figures censored: with the lag it had at least, stop - tick."""
+    (`stop_wall`) enters the lag figures censored: with the lag it had at least, stop - tick.
+    With `jitter_s`, a record's lag is from its tick's due instant (tick + jitter)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         since_ms = (gap_from - 120) * 1000
@@ -479,8 +550,8 @@ def analyze_squall(
     window = [(i, t, tick_id(i, t)) for i, t in ticks_between(firing, w0, w1)]
     gap = [(i, t, tick_id(i, t)) for i, t in ticks_between(firing, gap_from, w0)]
     lags = [
-        records[a][0] - t * 1000 if a in records else censored_ms(stop_wall, t)
-        for _, t, a in window
+        records[a][0] - due_ms(i, t, jitter_s) if a in records else censored_ms(stop_wall, t)
+        for i, t, a in window
     ]
     window_ids = {a for _, _, a in window}
     landed = sum(1 for start, _ in records.values() if w0 * 1000 <= start < w1 * 1000)
@@ -515,7 +586,8 @@ def analyze_squall(
     wf = out["window_fires"]
     if recorded:
         wf.update(source="trigger activation records", delivered=found, unverifiable=0)
-        out["lag"], out["lag_source"] = out["record_lag"], "record start - scheduled second"
+        due = "due instant (tick + jitter)" if jitter_s else "scheduled second"
+        out["lag"], out["lag_source"] = out["record_lag"], f"record start - {due}"
         out["lag_censored"] = out["record_lag_censored"]
     else:  # inactive rules: the platform records no trigger activation (OpenWhisk's 204)
         wf.update(
@@ -527,6 +599,16 @@ def analyze_squall(
         out["lag_source"] = "AlarmService lastFire.lagMs (fire call - scheduled second)"
     wf["lost"] = wf["expected"] - wf["delivered"] - wf["unverifiable"]
     return out
+
+
+def due_ms(i: int, tick: int, jitter_s: float) -> float:
+    """When trigger i's tick (epoch seconds) was due, in epoch ms: the tick plus its jitter,
+    as the platform derives it from the alarm id and the tick."""
+    if jitter_s <= 0:
+        return tick * 1000.0
+    when = datetime.fromtimestamp(tick, UTC)
+    due = due_at(f"{NAMESPACE}/{trigger_name(i)}", when, jitter_s)
+    return due.timestamp() * 1000.0
 
 
 def censored_ms(stop_wall: float, tick: int) -> float:
@@ -656,7 +738,7 @@ def phase_apscheduler(plan: Plan) -> dict[str, Any]:
                 **json.loads(ready_file.read_text()),
             }
             out["memory_at_ready"] = memory_figures(peer)
-            w0, w1 = choose_window(launched_wall + ready_at - launched_at, plan)
+            w0, w1 = choose_window(launched_wall + ready_at - launched_at, None, plan)
             sleep_until(w0)
             before = cpu_snapshot(peer)
             sleep_until(w1)
@@ -735,5 +817,12 @@ def phase_alarms_spread(plan: Plan) -> dict[str, Any]:
     same rate without a thousand ticks due at one instant (lag is then from the due instant,
     tick + jitter, as the alarm records it)."""
     return phase_squall_alarms(plan, INACTIVE, jitter_s=plan.alarm_spread_jitter_s)
+
+
+def phase_alarms_spread_active(plan: Plan) -> dict[str, Any]:
+    """Rules active (each fire recorded, its rule's no-op action run and recorded), the ticks
+    spread over each second as in `alarms_spread`: the whole fire's lag at the same rate,
+    from each tick's due instant to its trigger activation's start."""
+    return phase_squall_alarms(plan, ACTIVE, jitter_s=plan.alarm_spread_jitter_s)
 
 

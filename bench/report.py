@@ -250,11 +250,12 @@ ALARM_RUNS = (
     ("alarms", "Squall, rules active (record + no-op action run)"),
     ("alarms_inactive_rules", "Squall, rules inactive (no record, no action)"),
     ("alarms_spread", "Squall, rules inactive, ticks spread over each second (jitter 1 s)"),
+    ("alarms_spread_active", "Squall, rules active, ticks spread over each second (jitter 1 s)"),
     ("alarms_apscheduler", "APScheduler {version} AsyncIOScheduler, memory store"),
 )
 
 
-SQUALL_ALARM_RUNS = ("alarms", "alarms_inactive_rules", "alarms_spread")
+SQUALL_ALARM_RUNS = ("alarms", "alarms_inactive_rules", "alarms_spread", "alarms_spread_active")
 
 
 def alarm_label(key: str, label: str, r: dict[str, Any]) -> str:
@@ -749,7 +750,7 @@ def settings_section(results: dict[str, Any]) -> list[str]:
     for key in (
         "warm", "concurrency", "celery", "cold_steady", "cold_burst", "cold_no_prewarm",
         "memory", "nodejs", "composition", "alarms", "alarms_inactive_rules", "alarms_spread",
-        "alarms_apscheduler", "stores",
+        "alarms_spread_active", "alarms_apscheduler", "stores",
     ):  # fmt: skip
         if key not in results:
             continue

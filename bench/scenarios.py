@@ -60,7 +60,13 @@ class Plan:
     # ones, and the timing of one run: first boot, warm-up, the measured window, stop margin
     alarm_firing: int = 60_000
     alarm_idle: int = 40_000
-    alarm_first_boot_s: float = 30.0  # long enough to fire the seed's missed ticks
+    alarm_first_boot_s: float = 30.0
+    # The seeded alarms' first ticks come this long after seeding starts: seeding and the
+    # first boot take ~15 s, so the first boot starts on time, not behind a seed backlog.
+    alarm_seed_lead_s: float = 20.0
+    # After the restart, how long the harness waits at most for the restart's backlog (the
+    # ticks due while the platform was down) to be fired, before the window starts anyway.
+    alarm_catchup_max_s: float = 150.0
     alarm_spread_jitter_s: float = 1.0
     alarm_warmup_s: float = 15.0
     alarm_window_s: float = 50.0
@@ -91,6 +97,8 @@ SMOKE = replace(
     alarm_firing=360,
     alarm_idle=240,
     alarm_first_boot_s=1.0,
+    alarm_seed_lead_s=2.0,
+    alarm_catchup_max_s=20.0,
     alarm_warmup_s=1.0,
     alarm_window_s=5.0,
     alarm_stop_margin_s=1.0,
@@ -357,6 +365,7 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "alarms": alarms.phase_alarms,
     "alarms_inactive_rules": alarms.phase_alarms_inactive,
     "alarms_spread": alarms.phase_alarms_spread,
+    "alarms_spread_active": alarms.phase_alarms_spread_active,
     "alarms_apscheduler": alarms.phase_apscheduler,
     "stores": stores.phase_stores,
     "composition": composition.phase_composition,
@@ -368,5 +377,11 @@ PHASES: dict[str, Callable[[Plan], dict[str, Any]]] = {
 GROUPS: dict[str, tuple[str, ...]] = {
     "invoke": ("warm", "concurrency", "celery", "nodejs", "composition"),
     "cold": ("cold_steady", "cold_burst", "cold_no_prewarm"),
-    "timers": ("alarms", "alarms_inactive_rules", "alarms_spread", "alarms_apscheduler"),
+    "timers": (
+        "alarms",
+        "alarms_inactive_rules",
+        "alarms_spread",
+        "alarms_spread_active",
+        "alarms_apscheduler",
+    ),
 }

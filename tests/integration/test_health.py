@@ -133,7 +133,8 @@ async def test_metrics_count_alarm_fires(client: httpx.AsyncClient) -> None:
 
 def test_every_alarm_stat_is_exported() -> None:
     """A field added to AlarmStats must reach /metrics (or be named here on purpose)."""
-    gauges = {"alarms", "active", "paused", "scheduled", "in_flight", "lag_samples", "held_back"}
+    gauges = {"alarms", "active", "paused", "scheduled", "in_flight", "lag_samples", "held_back",
+              "behind_ms"}
     exported = {f for f, _, _ in ALARM_COUNTERS} | {f for f, _, _ in LAG_GAUGES} | gauges
     assert {f.name for f in dataclasses.fields(AlarmStats)} == exported
 

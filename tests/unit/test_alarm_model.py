@@ -306,6 +306,17 @@ def test_jitter_is_deterministic_and_bounded() -> None:
     assert jitter_offset("guest/t", NOW, 0) == timedelta(0)
     alarm = build("cron", cron="* * * * *", jitterSeconds=30)
     assert alarm.due_at(at(1)) == at(1) + jitter_offset("guest/t", at(1), 30)
+    # Alarms differ too, and a timezone-aware tick in another zone is the same tick.
+    assert jitter_offset("guest/u", at(1), 30) != jitter_offset("guest/t", at(1), 30)
+    assert jitter_offset("guest/t", at(1).astimezone(timedelta_zone(2)), 30) == jitter_offset(
+        "guest/t", at(1), 30
+    )
+
+
+def test_an_on_time_plan_carries_its_due_instant() -> None:
+    alarm = build("cron", cron="* * * * *", jitterSeconds=30)
+    plan = plan_next(alarm, at(2), at(1), grace_s=1)
+    assert plan.tick == at(2) and plan.due == alarm.due_at(at(2)) and plan.due > at(2)
 
 
 # ---------------------------------------------------------------------------------------------

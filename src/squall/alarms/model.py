@@ -548,12 +548,21 @@ def due_at(alarm_id: str, tick: datetime, jitter_s: float) -> datetime:
 
 
 def jitter_offset(alarm_id: str, tick: datetime, jitter_s: float) -> timedelta:
-    """A delay in [0, jitter_s) derived from (alarm id, tick): the same tick, the same delay."""
+    """A delay in [0, jitter_s) derived from (alarm id, tick): the same tick, the same delay.
+
+    Computed for every fire of a jittered alarm, so it hashes the tick's epoch microseconds
+    with an 8-byte BLAKE2b (a third of the cost of SHA-256 over the ISO text). Only the
+    spread matters, not the exact values: a tick's activation id does not depend on them."""
     if jitter_s <= 0:
-        return timedelta(0)
-    text = f"{alarm_id}|{ensure_utc(tick, 'tick').isoformat()}|jitter"
-    fraction = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0**64
+        return _NO_JITTER
+    tick_us = (ensure_utc(tick, "tick") - _EPOCH) // ONE_MICROSECOND
+    key = f"{alarm_id}|{tick_us}".encode()
+    fraction = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0**64
     return timedelta(microseconds=math.floor(fraction * jitter_s * 1_000_000))
+
+
+_NO_JITTER = timedelta(0)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,6 +576,8 @@ class Plan:
 
     tick: datetime | None  # None: the alarm has no more ticks
     catchup: bool = False  # `tick` is a missed tick fired late
+    # When known: `tick`'s due instant (derived, so not compared; saves computing it again).
+    due: datetime | None = field(default=None, compare=False)
     dropped: int = 0  # missed ticks the policy will never fire
     capped: bool = False  # `dropped` is extrapolated from the first COUNT_CAP ticks' spacing
 
@@ -583,8 +594,9 @@ def plan_next(alarm: Alarm, candidate: datetime | None, now: datetime, *, grace_
     if candidate is None:
         return Plan(None)
     late_line = ensure_utc(now, "now") - timedelta(seconds=grace_s)
-    if alarm.due_at(candidate) > late_line:
-        return Plan(candidate)
+    due = alarm.due_at(candidate)
+    if due > late_line:
+        return Plan(candidate, due=due)
     schedule = alarm.schedule()
     left = alarm.triggers_left()
 

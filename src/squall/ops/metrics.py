@@ -171,6 +171,11 @@ class SquallCollector(Collector):
             value=stats.held_back,
         )
         yield GaugeMetricFamily(
+            "squall_alarm_fires_behind_seconds",
+            "How late the earliest due alarm tick not yet fired is (0: the timer is on time).",
+            value=stats.behind_ms / 1000,
+        )
+        yield GaugeMetricFamily(
             "squall_alarm_fire_lag_samples",
             "On-time fires in the lag window the percentiles are taken over.",
             value=stats.lag_samples,
