@@ -275,6 +275,25 @@ async def test_five_thousand_records_are_all_written_by_one_flush(
     assert await activation_store.count(ActivationQuery("guest")) == 5_000
 
 
+async def test_a_batch_keeps_every_value_exactly(activation_store: ActivationStore) -> None:
+    """Text that JSON escapes, nested values, a record stored twice in one batch: written
+    together (SQLite unpacks a batch from one JSON array), read back as they were."""
+    odd = {**record(name="act", start=T0), "logs": ['quote " back \\ tab \t', "é ü 名 🎉\n"]}
+    odd["response"]["result"] = {"nested": {"null": None, "float": 1.5, "big": 2**62}}
+    plain = record(name="act", start=T0 + 1, duration=30)
+    first = record(name="other", start=T0 + 2)
+    again = {**first, "name": "again"}  # the same id, stored later: it replaces the first
+    for rec in (odd, plain, first, again):
+        activation_store.store(rec)
+    await activation_store.flush()
+    assert await activation_store.get("guest", odd["activationId"]) == odd
+    assert await activation_store.get("guest", first["activationId"]) == again
+    listed = ids(await activation_store.list(ActivationQuery("guest", name="act")))
+    assert sorted(listed) == sorted([odd["activationId"], plain["activationId"]])
+    stats = await activation_store.duration_stats("guest", "guest/act", T0)
+    assert stats is not None and (stats.count, stats.average_ms) == (2, 20)
+
+
 # --- duration statistics --------------------------------------------------------------------------
 
 
