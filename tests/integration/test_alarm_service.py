@@ -894,6 +894,30 @@ async def test_a_burst_of_due_ticks_waits_in_the_heap_not_as_tasks(
     assert 1 <= most_in_flight <= 3
 
 
+async def test_catch_up_ticks_this_process_planned_skip_the_ledger(
+    store: SqliteEntityStore, services: Factory
+) -> None:
+    """Fallen behind after its own fire (the clock jumps while the fire runs), the service
+    fires the missed ticks of a fire_all alarm without asking the ledger: no other run can
+    have fired ticks due after this one started. A restart's late ticks still ask it."""
+    clock = FakeClock(T0)
+    fire = TriggerFireDouble(after_fire=lambda: clock.set(max(clock.now, at(3, 30))))
+    service = await services(store, fire, clock=clock)
+    await service.create(cron_alarm("behind", "* * * * *", T0, misfire="fire_all"))
+    await advance(service, clock, at(1))
+    await service.wait_idle(timeout_s=5)
+    assert [(c.tick, c.maybe_fired) for c in fire.calls] == [
+        (at(1), False),
+        (at(2), False),  # caught up late, planned by this process
+        (at(3), False),
+    ]
+    await service.close()
+    restarted = await services(store, fire, clock=FakeClock(at(5, 30)))
+    restarted.rearm()
+    await restarted.wait_idle(timeout_s=5)
+    assert fire.calls[3].tick == at(4) and fire.calls[3].maybe_fired  # restored: may have fired
+
+
 async def test_behind_shows_how_late_the_oldest_waiting_tick_is(
     store: SqliteEntityStore, services: Factory
 ) -> None:

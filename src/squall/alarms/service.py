@@ -1269,7 +1269,13 @@ class AlarmService:
     ) -> None:
         alarm = entry.alarm
         activation_id = activation_id_for(alarm.id, tick)
-        maybe_fired = entry.unsure or catchup or due <= self._unsure_until
+        # Whether another run may have fired this tick, so the fire asks the ledger: a restored
+        # tick (unsure until it first fires) or any tick due before this process took the alarm
+        # (start, or a shard's handoff). A catch-up tick this process planned itself after its
+        # own fire, due later than that, is neither: only this process fires it, once. Asking
+        # the ledger for every catch-up made each fire dearer exactly while the service was
+        # behind, so near its capacity it fell further behind instead of catching up.
+        maybe_fired = entry.unsure or due <= self._unsure_until
         entry.unsure = False
         try:
             result, fired_at, attempts = await self._deliver(
