@@ -51,7 +51,14 @@ import orjson
 import psutil
 
 from bench.loadgen import REPO_ROOT
-from bench.procinfo import cpu_per_op, cpu_snapshot, memory_of, peak_rss_mib, tree_memory
+from bench.procinfo import (
+    cpu_per_op,
+    cpu_snapshot,
+    memory_of,
+    metric_samples,
+    peak_rss_mib,
+    tree_memory,
+)
 from bench.servers import HOST, Server, clean_env, guest_auth, squall_server
 from bench.stats import summarize_ms
 from squall.alarms import ALARMS_COLLECTION, Alarm, activation_id_for
@@ -287,11 +294,7 @@ def behind_s(server: Server) -> float | None:
         return None
     finally:
         conn.close()
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name == "squall_alarm_fires_behind_seconds":
-            return float(value)
-    return None
+    return metric_samples(text).get("squall_alarm_fires_behind_seconds")
 
 
 def wait_caught_up(server: Server, plan: Plan) -> dict[str, Any]:

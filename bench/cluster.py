@@ -42,7 +42,7 @@ import psycopg
 
 from bench.api import ACTIONS
 from bench.loadgen import Target
-from bench.procinfo import cpu_seconds, tree_memory
+from bench.procinfo import cpu_seconds, metric_samples, tree_memory
 from bench.servers import HOST, Server, guest_auth, squall_server
 from squall.testing import (
     LocalCluster,
@@ -371,9 +371,7 @@ def scrape_lag(member: RoleProcess) -> dict[str, float | None]:
         "squall_alarm_fires_total": "fires",
     }
     out: dict[str, float | None] = dict.fromkeys(wanted.values())
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
+    for name, number in metric_samples(text).items():
         if name in wanted:
-            number = float(value)
             out[wanted[name]] = round(number * 1000, 2) if name.endswith("_seconds") else number
     return out

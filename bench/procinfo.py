@@ -33,6 +33,16 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def metric_samples(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {sample name with its labels: value} (comments skipped)."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 def cpu_snapshot(main: psutil.Process) -> CpuSnapshot:
     """Children are read live; a child that exits between two snapshots loses its time."""
     main_s = cpu_seconds(main)
