@@ -6,6 +6,7 @@ import asyncio
 import os
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import orjson
@@ -112,6 +113,33 @@ async def test_put_many_of_replaces_only_and_of_one_entity_twice(
     assert [r.revision for r in twice if isinstance(r, StoredEntity)] == [3, 4]
     got = await entity_store.get(TRIGGERS, "#alarms/guest", "a")
     assert got is not None and (got.revision, got.doc) == (4, doc("a", v=4))
+
+
+async def test_put_many_of_replaces_that_all_succeed_keeps_every_value(
+    entity_store: EntityStore,
+) -> None:
+    """The common alarm-state batch (one statement on SQLite and PostgreSQL): every write
+    lands with its own document and the next revision, the batch's writes are the newest
+    (listed first), and an export still sees each entity exactly once."""
+    names = [f"a{i:03d}" for i in range(120)]
+    for name in names:
+        await create(entity_store, "#alarms/guest", name, TRIGGERS)
+    await create(entity_store, "#alarms/guest", "untouched", TRIGGERS)
+    body = {"note": "naïve ☃", "nested": {"list": [1, 2.5, None, True]}, "big": 2**62}
+    writes = [EntityWrite(TRIGGERS, "#alarms/guest", name, doc(name, i=i, **body), 1)
+              for i, name in enumerate(names)]  # fmt: skip
+    results = await entity_store.put_many(writes)
+    assert [(r.name, r.revision) for r in results if isinstance(r, StoredEntity)] == [
+        (name, 2) for name in names
+    ]
+    for i, name in enumerate(names):
+        got = await entity_store.get(TRIGGERS, "#alarms/guest", name)
+        assert got is not None and (got.revision, got.doc) == (2, doc(name, i=i, **body)), name
+    listed = await entity_store.list(TRIGGERS, "#alarms/guest", limit=len(names) + 1)
+    assert set(e.name for e in listed[: len(names)]) == set(names)
+    assert listed[-1].name == "untouched"
+    exported = [e.name async for e in entity_store.iter_entities()]
+    assert sorted(exported) == sorted([*names, "untouched"])
 
 
 async def test_scan_pages_through_a_collection_under_a_path(entity_store: EntityStore) -> None:
@@ -533,3 +561,26 @@ async def test_sqlite_use_before_start_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not open"):
         await store.get(ACTIONS, "guest", "a")
     await store.close()
+
+
+async def test_sqlite_checkpoints_the_wal_in_a_thread_of_its_own(tmp_path: Path) -> None:
+    """Writes land in the WAL; the checkpoint thread copies them into the database file
+    (the writer alone would wait for 10,000 pages), and the thread ends with the store."""
+    path = tmp_path / "squall.db"
+    store = SqliteEntityStore(path)
+    await store.start()
+    try:
+        before = path.stat().st_size
+        padding = "x" * 4000
+        for batch in range(5):
+            writes = [EntityWrite(TRIGGERS, "guest", f"t{batch}-{i}", doc("t", pad=padding), None)
+                      for i in range(50)]  # fmt: skip
+            assert all(isinstance(r, StoredEntity) for r in await store.put_many(writes))
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while path.stat().st_size < before + 500_000:
+            assert asyncio.get_running_loop().time() < deadline, "the WAL was not checkpointed"
+            await asyncio.sleep(0.05)
+        assert "squall-sqlite-checkpoint" in {t.name for t in threading.enumerate()}
+    finally:
+        await store.close()
+    assert "squall-sqlite-checkpoint" not in {t.name for t in threading.enumerate()}
