@@ -68,6 +68,14 @@ class EntityWrite:
     doc: JSONDict
     expected_revision: int | None
 
+    def replaced(self) -> StoredEntity:
+        """The entity as this write leaves it when it replaces (a backend that wrote many in
+        one statement builds each result with this)."""
+        assert self.expected_revision is not None, "a create has no replaced entity"
+        return StoredEntity(
+            self.collection, self.namespace, self.name, self.expected_revision + 1, self.doc
+        )
+
 
 @dataclass(slots=True, frozen=True)
 class SubjectRecord:

@@ -511,7 +511,7 @@ def _replace_result(w: EntityWrite, replaced: set[tuple[str, str]]) -> Result:
         return ConflictError(
             f"{w.collection} {w.namespace}/{w.name} is not at revision {w.expected_revision}"
         )
-    return StoredEntity(w.collection, w.namespace, w.name, w.expected_revision + 1, w.doc)
+    return w.replaced()
 
 
 async def _entity_replace(

@@ -639,8 +639,7 @@ def _entity_put_many(
 ) -> list[StoredEntity | ConflictError]:
     with _transaction(conn):
         if _replaced_at_once(conn, writes):
-            return [StoredEntity(w.collection, w.namespace, w.name, (w.expected_revision or 0) + 1,
-                                 w.doc) for w in writes]  # fmt: skip
+            return [w.replaced() for w in writes]
         return [_entity_put_one(conn, w) for w in writes]
 
 
