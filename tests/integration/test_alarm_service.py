@@ -9,6 +9,7 @@ service is idle); the every-second test runs on the real clock to measure fire l
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import time
@@ -453,6 +454,33 @@ async def test_update_reschedules_and_persists(store: SqliteEntityStore, service
         await service.update(NS, "u", {"minutes": 5})
     with pytest.raises(ConflictError):
         await service.create(cron_alarm("u", "* * * * *", clock()))
+
+
+async def test_a_fire_keeps_its_state_beside_the_alarm_and_the_collector_lets_go_of_it(
+    store: SqliteEntityStore, services: Factory
+) -> None:
+    # Why this looks inside: a new frozen Alarm per fire lived until the alarm's next fire and
+    # at 1,000 fires a second filled the collector's older generations (20-120 ms pauses). The
+    # fire path keeps the alarm object and a plain tuple of the fire state, which the
+    # collector untracks; asking for the alarm builds it whole, with that state.
+    clock, fire = FakeClock(T0), TriggerFireDouble()
+    service = await services(store, fire, clock=clock)
+    await service.create(cron_alarm("state", "* * * * *", T0))
+    entry = service._entries[f"{NS}/state"]
+    config = entry.config
+    for minute in (1, 2, 3):
+        await advance(service, clock, at(minute))
+    assert fire.ticks() == [at(1), at(2), at(3)]
+    assert entry.config is config  # not copied by the fires
+    gc.collect()
+    assert entry._fired is not None and not gc.is_tracked(entry._fired)
+    doc = await stored_doc(store, "state")  # written from the kept state (advance waits)
+    assert doc is not None and doc["firesCount"] == 3 and doc["nextTick"] == at(4).isoformat()
+    assert doc["lastFire"]["tick"] == at(3).isoformat()
+    alarm = service.get(NS, "state")
+    assert alarm is not None and alarm.fires_count == 3 and alarm.next_tick == at(4)
+    assert alarm.last_fire is not None and alarm.last_fire.tick == at(3)
+    assert alarm.last_fire.activation_id == activation_id_for(f"{NS}/state", at(3))
 
 
 async def test_max_triggers_ends_the_alarm(store: SqliteEntityStore, services: Factory) -> None:

@@ -277,6 +277,20 @@ class AlarmStats:
     behind_ms: float = 0.0
 
 
+# What a fire changes in an alarm, as _Entry keeps it until the whole alarm is asked for:
+# (LastFire's seven fields, fires_count, next_tick). A new frozen Alarm and LastFire per fire
+# lived until the alarm's next fire, a minute often, so at 1,000 fires a second they filled the
+# collector's older generations, and collecting those paused the event loop for 20-120 ms.
+# An exact tuple of plain values is untracked by the collector at its first collection.
+_FireState = tuple[datetime, datetime, float, str, str, int, bool, int, datetime | None]
+
+
+def _with_fire_state(alarm: Alarm, fired: _FireState) -> Alarm:
+    tick, fired_at, lag_ms, activation_id, outcome, attempts, catchup, count, next_tick = fired
+    last = LastFire(tick, fired_at, lag_ms, activation_id, outcome, attempts, catchup)
+    return replace(alarm, last_fire=last, fires_count=count, next_tick=next_tick)
+
+
 class _Entry:
     """An alarm as the service holds it: kept small, there may be a hundred thousand.
 
@@ -287,9 +301,11 @@ class _Entry:
     status for counting without decoding."""
 
     __slots__ = (
-        "_alarm", "_text", "active", "generation", "id", "paused", "revision", "token", "unsure",
+        "_alarm", "_fired", "_text", "active", "generation", "id", "paused", "revision", "token",
+        "unsure",
     )  # fmt: skip
     _alarm: Alarm | None
+    _fired: _FireState | None  # what fires changed since `_alarm` was last built
     _text: str | None  # the stored document, until decoded
     active: bool
     paused: bool
@@ -309,7 +325,7 @@ class _Entry:
             self.id = id or alarm.id  # `namespace/trigger`, as the service's maps are keyed
         else:
             assert text is not None and arming is not None and id
-            self._alarm, self._text, self.id = None, text, id
+            self._alarm, self._fired, self._text, self.id = None, None, text, id
             self.active, self.paused = arming.active, arming.paused
         self.revision = revision
         self.token = 0  # identifies the one valid heap entry of this alarm
@@ -320,18 +336,46 @@ class _Entry:
 
     @property
     def alarm(self) -> Alarm:
-        """The alarm, decoded from its stored text on first use (ValueError, KeyError or
-        TypeError when that is not an alarm document: see AlarmService._decoded)."""
+        """The alarm as it is now, decoded from its stored text on first use (ValueError,
+        KeyError or TypeError when that is not an alarm document: see AlarmService._decoded)
+        and rebuilt with the fire state its fires recorded since."""
+        alarm = self.config
+        fired = self._fired
+        if fired is not None:
+            alarm = _with_fire_state(alarm, fired)
+            self._alarm, self._fired = alarm, None
+        return alarm
+
+    @alarm.setter
+    def alarm(self, alarm: Alarm) -> None:
+        self._alarm, self._fired, self._text = alarm, None, None
+        self.active, self.paused = alarm.status.active, alarm.status.paused
+
+    @property
+    def config(self) -> Alarm:
+        """The alarm without building it anew: its configuration and status are current, but
+        its `last_fire`, `fires_count` and `next_tick` may be older than `alarm`'s (the fire
+        path reads `fires_count` here instead)."""
         alarm = self._alarm
         if alarm is None:
             alarm = Alarm.from_doc(orjson.loads(self._text or ""))
             self._alarm, self._text = alarm, None
         return alarm
 
-    @alarm.setter
-    def alarm(self, alarm: Alarm) -> None:
-        self._alarm, self._text = alarm, None
-        self.active, self.paused = alarm.status.active, alarm.status.paused
+    @property
+    def fires_count(self) -> int:
+        fired = self._fired
+        return fired[7] if fired is not None else self.config.fires_count
+
+    def record_fire(self, fired: _FireState) -> None:
+        """A fire changed only the alarm's fire state: kept beside the alarm, not built in."""
+        self._fired = fired
+
+    def doc(self) -> JSONDict:
+        """The alarm's stored document as it is now; the alarm built for it is not kept."""
+        fired = self._fired
+        alarm = self.config
+        return (alarm if fired is None else _with_fire_state(alarm, fired)).to_doc()
 
     @property
     def decoded(self) -> bool:
@@ -443,7 +487,6 @@ class _HeldBack(Exception):
 
 # heap item: (due, sequence, alarm id, token, tick, catch-up)
 _HeapItem = tuple[datetime, int, str, int, datetime, bool | None]
-
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -1134,7 +1177,7 @@ class AlarmService:
         tick's due instant when the caller has it already."""
         entry.token += 1
         if due is None:
-            due = entry.alarm.due_at(tick)
+            due = entry.config.due_at(tick)
         item = (due, next(self._seq), entry.id, entry.token, tick, catchup)
         if not heap_push:
             self._heap.append(item)
@@ -1225,7 +1268,7 @@ class AlarmService:
         is not valid, or the alarm's shard is not its own any more). The tick stays with the
         alarm, `unsure`, for whoever may fire it: this process once the fence opens again or
         the shard comes back, or the shard's new owner (which checks the ledger)."""
-        alarm = entry.alarm
+        alarm = entry.config
         if not self._fence_open():
             parked, why = self._fenced, "this scheduler's lease is not valid (fencing)"
         elif not self.owns(alarm.namespace, alarm.trigger):
@@ -1267,7 +1310,7 @@ class AlarmService:
     async def _fire_tick(
         self, entry: _Entry, tick: datetime, due: datetime, catchup: bool, generation: int
     ) -> None:
-        alarm = entry.alarm
+        alarm = entry.config  # not `alarm`: that would build the alarm anew on every fire
         activation_id = activation_id_for(alarm.id, tick)
         # Whether another run may have fired this tick, so the fire asks the ledger: a restored
         # tick (unsure until it first fires) or any tick due before this process took the alarm
@@ -1454,6 +1497,45 @@ class AlarmService:
         Never awaits, so no other change of the alarm can interleave.
         """
         now = self.now()
+        if result.outcome is FireOutcome.TRIGGER_GONE or generation != entry.generation:
+            self._after_fire_exception(entry, record, result, now)
+            return None
+        # The common case, a fire by the alarm's current configuration: the fire state is kept
+        # beside the alarm (see _FireState), so the alarm is not copied on every fire.
+        current = entry.config
+        fires_count = entry.fires_count + (1 if result.delivered else 0)
+        planned = current
+        if current.max_triggers is not None:  # the count matters to the schedule only then
+            planned = replace(current, fires_count=fires_count)
+        if current.kind is AlarmKind.ONCE:
+            plan = Plan(None)
+        else:
+            candidate = planned.next_tick_after(record.tick)
+            plan = plan_next(planned, candidate, now, grace_s=self._grace_s)
+            self._count_plan(planned, plan)
+        entry.record_fire(
+            (
+                record.tick,
+                record.fired_at,
+                record.lag_ms,
+                record.activation_id,
+                record.outcome.value,
+                record.attempts,
+                record.catchup,
+                fires_count,
+                plan.tick,
+            )
+        )
+        if plan.tick is None:
+            return self._after_last_fire(entry, plan, result, now)
+        self._mark_dirty(entry)
+        self._arm(entry, plan.tick, catchup=plan.catchup, due=plan.due)
+        return None
+
+    def _after_fire_exception(
+        self, entry: _Entry, record: FireRecord, result: FireResult, now: datetime
+    ) -> None:
+        """After a fire whose trigger is gone, or one made by a configuration changed meanwhile."""
         current = entry.alarm
         last = LastFire(
             record.tick,
@@ -1473,53 +1555,37 @@ class AlarmService:
             self._bump(entry)
             log.warning("alarm %s disabled: %s (%s)", current.id, reason.message, result.message)
             self._mark_dirty(entry)
-            return None
-        if generation != entry.generation:
-            # The alarm was updated, paused or resumed while this tick fired: the new
-            # configuration has its own next tick already; only record the fire.
-            entry.alarm = replace(current, last_fire=last)
-            self._mark_dirty(entry)
-            return None
-        fires_count = current.fires_count + (1 if result.delivered else 0)
-        # Without maxTriggers the count does not change the schedule, so the next tick is
-        # planned on the alarm as it is and the alarm is copied once, with all three changes
-        # (copying the frozen 21-field dataclass is a tenth of what this method costs).
-        planned = current
-        if current.max_triggers is not None:
-            planned = replace(current, fires_count=fires_count)
-        if current.kind is AlarmKind.ONCE:
-            plan = Plan(None)
-        else:
-            candidate = planned.next_tick_after(record.tick)
-            plan = plan_next(planned, candidate, now, grace_s=self._grace_s)
-            self._count_plan(planned, plan)
-        fired = replace(current, last_fire=last, fires_count=fires_count, next_tick=plan.tick)
-        delete_mode: DeleteAfterFire | None = None
-        if plan.tick is None:
-            entry.alarm = self._ended(
-                fired,
-                plan,
-                now,
-                failure=None if result.delivered else (result.message or result.outcome.value),
-            )
-            log.info(
-                "alarm %s ended: %s",
-                fired.id,
-                entry.alarm.status.reason.message if entry.alarm.status.reason else "",
-            )
-            if (
-                fired.kind is AlarmKind.ONCE
-                and result.delivered
-                and fired.delete_after_fire != "false"
-                and self._on_delete_after_fire is not None
-            ):
-                delete_mode = fired.delete_after_fire
-        else:
-            entry.alarm = fired
+            return
+        # The alarm was updated, paused or resumed while this tick fired: the new
+        # configuration has its own next tick already; only record the fire.
+        entry.alarm = replace(current, last_fire=last)
         self._mark_dirty(entry)
-        if plan.tick is not None:
-            self._arm(entry, plan.tick, catchup=plan.catchup, due=plan.due)
-        return delete_mode
+
+    def _after_last_fire(
+        self, entry: _Entry, plan: Plan, result: FireResult, now: datetime
+    ) -> DeleteAfterFire | None:
+        """The alarm fired its last tick: it ends (disabled, with the reason)."""
+        fired = entry.alarm
+        entry.alarm = self._ended(
+            fired,
+            plan,
+            now,
+            failure=None if result.delivered else (result.message or result.outcome.value),
+        )
+        log.info(
+            "alarm %s ended: %s",
+            fired.id,
+            entry.alarm.status.reason.message if entry.alarm.status.reason else "",
+        )
+        self._mark_dirty(entry)
+        if (
+            fired.kind is AlarmKind.ONCE
+            and result.delivered
+            and fired.delete_after_fire != "false"
+            and self._on_delete_after_fire is not None
+        ):
+            return fired.delete_after_fire
+        return None
 
     async def _delete_after_fire(self, alarm: Alarm, mode: DeleteAfterFire) -> None:
         assert self._on_delete_after_fire is not None
@@ -1574,24 +1640,24 @@ class AlarmService:
     async def _write_dirty(self) -> bool:
         """Write one batch of changed alarms; False when the store failed."""
         async with self._write_lock:
-            batch: list[tuple[_Entry, Alarm]] = []
+            batch: list[_Entry] = []
             while self._dirty and len(batch) < self._write_batch:
                 # popitem: O(1); popping the first key repeatedly is quadratic in a dict
                 alarm_id, entry = self._dirty.popitem()
                 if self._entries.get(alarm_id) is entry:
-                    batch.append((entry, entry.alarm))
+                    batch.append(entry)
             if not batch:
                 return True
             try:  # a bug building a document must not end the writer either: re-queued too
                 writes = [
                     EntityWrite(
                         ALARMS_COLLECTION,
-                        store_path(alarm.namespace),
-                        alarm.trigger,
-                        alarm.to_doc(),
+                        store_path(entry.config.namespace),
+                        entry.config.trigger,
+                        entry.doc(),
                         entry.revision,
                     )
-                    for entry, alarm in batch
+                    for entry in batch
                 ]
                 results = await self._store.put_many(writes)
             except Exception as exc:
@@ -1599,7 +1665,7 @@ class AlarmService:
                 return False
             self._write_failing = False
             conflicts = []
-            for (entry, _), result in zip(batch, results, strict=True):
+            for entry, result in zip(batch, results, strict=True):
                 if isinstance(result, ConflictError):
                     conflicts.append(entry)
                 else:
@@ -1612,10 +1678,10 @@ class AlarmService:
                     log.exception("alarm %s: resolving a write conflict failed", entry.id)
             return True
 
-    def _write_failed(self, batch: Sequence[tuple[_Entry, Alarm]], exc: Exception) -> None:
+    def _write_failed(self, batch: Sequence[_Entry], exc: Exception) -> None:
         self._counts["persist_failures"] += 1
         self._write_failing = True
-        for entry, _ in batch:  # newer changes made meanwhile stay queued as they are
+        for entry in batch:  # newer changes made meanwhile stay queued as they are
             self._dirty.setdefault(entry.id, entry)
         log.warning(
             "writing the state of %d alarms failed (%s: %s); firing goes on from memory and "
