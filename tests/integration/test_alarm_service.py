@@ -713,7 +713,7 @@ async def test_clean_restart_fires_nothing_twice(
     assert alarm is not None and alarm.next_tick == at(2) and alarm.last_fire is not None
 
 
-async def test_a_restart_decodes_alarms_when_needed_and_drops_an_unreadable_one_then(
+async def test_a_restart_arms_alarms_undecoded_then_decodes_them_and_drops_an_unreadable_one(
     store: SqliteEntityStore, services: Factory, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock, fire = FakeClock(T0), TriggerFireDouble()
@@ -733,8 +733,12 @@ async def test_a_restart_decodes_alarms_when_needed_and_drops_an_unreadable_one_
     stats = second.stats()
     # Armed from the schedule state alone: the broken document was not decoded at start.
     assert (stats.alarms, stats.active, stats.scheduled, stats.internal_errors) == (3, 3, 3, 0)
+    assert not any(e.decoded for e in second._entries.values())
     with caplog.at_level(logging.ERROR, logger="squall.alarms.service"):
-        await advance(second, clock, at(1))
+        await second.wait_idle()  # no tick is due: the decoder, after start, finds it
+    assert all(e.decoded for e in second._entries.values()) and len(second._entries) == 2
+    assert not fire.calls and second.get(NS, "broken") is None
+    await advance(second, clock, at(1))
     assert sorted(c.alarm_id for c in fire.calls) == [f"{NS}/good", f"{NS}/other"]
     assert second.get(NS, "broken") is None
     assert [a.trigger for a in second.list(NS)] == ["good", "other"]
