@@ -440,6 +440,36 @@ async def test_delete_stops_fires(store: SqliteEntityStore, services: Factory) -
     assert service.list(NS) == [] and await stored_doc(store, "d") is None
 
 
+async def test_stats_count_alarms_by_status_and_the_scheduled_ones_as_the_heap_holds_them(
+    store: SqliteEntityStore, services: Factory
+) -> None:
+    # stats() counts from a flag per alarm instead of walking the heap (a metrics scrape holds
+    # the loop meanwhile); the heap, walked here, is the truth it must agree with.
+    clock, fire = FakeClock(T0), TriggerFireDouble()
+    service = await services(store, fire, clock=clock)
+
+    def counts() -> tuple[int, int, int, int]:
+        stats = service.stats()
+        in_heap = sum(1 for item in service._heap if service._valid(item))
+        assert stats.scheduled == in_heap
+        return stats.alarms, stats.active, stats.paused, stats.scheduled
+
+    for name in ("a", "b", "c", "d"):
+        await service.create(cron_alarm(name, "* * * * *", T0))
+    await service.create(Alarm.from_params(NS, "once", "once", {"date": at(2).isoformat()}, now=T0))
+    assert counts() == (5, 5, 0, 5)
+    await advance(service, clock, at(1))
+    assert counts() == (5, 5, 0, 5)
+    await service.pause(NS, "a")
+    await service.update(NS, "b", {"cron": "*/5 * * * *"})
+    await service.delete(NS, "c")
+    assert counts() == (4, 3, 1, 3)
+    await advance(service, clock, at(2))  # the once alarm fires and ends
+    assert counts() == (4, 2, 1, 2)
+    await service.resume(NS, "a")
+    assert counts() == (4, 3, 0, 3)
+
+
 async def test_update_reschedules_and_persists(store: SqliteEntityStore, services: Factory) -> None:
     clock, fire = FakeClock(T0), TriggerFireDouble()
     service = await services(store, fire, clock=clock)

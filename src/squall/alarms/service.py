@@ -303,8 +303,8 @@ class _Entry:
     status for counting without decoding."""
 
     __slots__ = (
-        "_alarm", "_fired", "_text", "active", "generation", "id", "paused", "revision", "token",
-        "unsure",
+        "_alarm", "_fired", "_text", "active", "armed", "generation", "id", "paused", "revision",
+        "token", "unsure",
     )  # fmt: skip
     _alarm: Alarm | None
     _fired: _FireState | None  # what fires changed since `_alarm` was last built
@@ -331,6 +331,7 @@ class _Entry:
             self.active, self.paused = arming.active, arming.paused
         self.revision = revision
         self.token = 0  # identifies the one valid heap entry of this alarm
+        self.armed = False  # it has one (counted by stats without walking the heap)
         self.generation = 0  # grows on every user change; a fire started before one defers
         # The next tick may have been fired already (by a run that crashed before writing the
         # alarm back, or by a previous owner): its fire must check the ledger.
@@ -685,8 +686,10 @@ class AlarmService:
             self._decoder = asyncio.create_task(self._decode_rest(), name="squall-alarm-decoder")
 
     async def _decode_rest(self) -> None:
-        """Decode every alarm still held as text, DECODE_SLICE at a time between the loop's
-        other work, with the collector paused; then freeze what was built, as start does.
+        """Decode every alarm still held as text, DECODE_SLICE at a time, resting as long as
+        each slice took (at most half the loop's time: the rest of the platform is starting,
+        or firing a restart's backlog), with the collector paused; then freeze what was
+        built, as start does. 100,000 alarms take about 3 s.
 
         Left to their first ticks, 60,000 alarms firing once a minute were decoded over the
         minute after a restart: ~300,000 long-lived objects passing through the collector's
@@ -699,10 +702,11 @@ class AlarmService:
                 if not waiting:
                     return
                 for start in range(0, len(waiting), DECODE_SLICE):
+                    began = time.perf_counter()
                     for entry in waiting[start : start + DECODE_SLICE]:
                         if self._entries.get(entry.id) is entry:
                             self._decoded(entry)
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(time.perf_counter() - began)
                     if self._closing:
                         return
 
@@ -979,12 +983,12 @@ class AlarmService:
     def stats(self) -> AlarmStats:
         """Totals for metrics."""
         lags = sorted(self._lags)
-        entries = self._entries.values()
+        active, paused, scheduled = self._counts_of_alarms()
         return AlarmStats(
-            alarms=len(entries),
-            active=sum(1 for e in entries if e.active and not e.paused),
-            paused=sum(1 for e in entries if e.paused),
-            scheduled=self._scheduled_count(),
+            alarms=len(self._entries),
+            active=active,
+            paused=paused,
+            scheduled=scheduled,
             in_flight=sum(1 for t in self._tasks if not t.done()),
             fires=self._counts["fires"],
             delivered=self._counts["delivered"],
@@ -1214,6 +1218,7 @@ class AlarmService:
         `_replan`). `heap_push=False` only appends (start() heapifies once). `due`: the
         tick's due instant when the caller has it already."""
         entry.token += 1
+        entry.armed = True
         if due is None:
             due = entry.config.due_at(tick)
         item = (due, next(self._seq), entry.id, entry.token, tick, catchup)
@@ -1235,8 +1240,19 @@ class AlarmService:
             heapq.heappop(self._heap)
         return self._heap[0] if self._heap else None
 
-    def _scheduled_count(self) -> int:
-        return sum(1 for item in self._heap if self._valid(item))
+    def _counts_of_alarms(self) -> tuple[int, int, int]:
+        """(active, paused, scheduled) in one walk of the alarms (~10 ms at 100,000): a
+        metrics scrape or a UI refresh holds the event loop, and fires, that long. Walking
+        the heap instead, up to 4 items per alarm, took ~45 ms."""
+        active = paused = scheduled = 0
+        for entry in self._entries.values():
+            if entry.paused:
+                paused += 1
+            elif entry.active:
+                active += 1
+            if entry.armed:
+                scheduled += 1
+        return active, paused, scheduled
 
     async def _run_timer(self) -> None:
         while not self._closing:
@@ -1266,6 +1282,7 @@ class AlarmService:
             heapq.heappop(self._heap)
             entry = self._entries[item[2]]
             entry.token += 1  # this tick is taken; nothing else may fire it
+            entry.armed = False
             if not self._decoded(entry):
                 item = self._peek()
                 continue
@@ -1810,6 +1827,7 @@ class AlarmService:
         """A user change: fires in flight must not re-arm; the armed tick is void."""
         entry.generation += 1
         entry.token += 1
+        entry.armed = False
 
     def _forget(self, entry: _Entry) -> None:
         self._bump(entry)
