@@ -452,15 +452,23 @@ _ENTITY_DELETE = "DELETE FROM entities WHERE namespace = ? AND name = ? AND coll
 # Many replaces in one statement (see _entity_put_many): the rows travel as one JSON array of
 # [namespace, name, collection, expected revision, doc text], each row's `seq` is the next
 # free one plus its position in the batch (the base is read first, in the same transaction).
-_ENTITY_REPLACE_BATCH = """UPDATE entities
-    SET revision = entities.revision + 1, updated = ?, seq = ? + w.position, doc = w.doc
-    FROM (SELECT json_extract(value, '$[0]') AS namespace, json_extract(value, '$[1]') AS name,
+# Replaces a batch in one statement, all or nothing: the count subquery (computed once, before
+# any row changes, as is the max(seq)) finds every write at its expected revision, or the
+# statement changes no row. One statement is its own transaction: see _replaced_at_once.
+_ENTITY_REPLACE_BATCH = """WITH w AS (
+        SELECT json_extract(value, '$[0]') AS namespace, json_extract(value, '$[1]') AS name,
             json_extract(value, '$[2]') AS collection, json_extract(value, '$[3]') AS revision,
             json_extract(value, '$[4]') AS doc, key + 1 AS position
-          FROM json_each(?)) AS w
+        FROM json_each(?1))
+    UPDATE entities
+    SET revision = entities.revision + 1, updated = ?2,
+        seq = (SELECT coalesce(max(seq), 0) FROM entities) + w.position, doc = w.doc
+    FROM w
     WHERE entities.namespace = w.namespace AND entities.name = w.name
-        AND entities.collection = w.collection AND entities.revision = w.revision"""
-_ENTITY_LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM entities"
+        AND entities.collection = w.collection AND entities.revision = w.revision
+        AND (SELECT count(*) FROM w JOIN entities AS e
+             ON e.namespace = w.namespace AND e.name = w.name
+                AND e.collection = w.collection AND e.revision = w.revision) = ?3"""
 
 _SUBJECT_COLUMNS = "namespace, subject, uuid, key_hash, limits"
 _SUBJECT_BY_UUID = f"SELECT {_SUBJECT_COLUMNS} FROM subjects WHERE uuid = ?"
@@ -637,19 +645,20 @@ def _entity_replace(
 def _entity_put_many(
     conn: sqlite3.Connection, writes: Sequence[EntityWrite]
 ) -> list[StoredEntity | ConflictError]:
+    if _replaced_at_once(conn, writes):
+        return [w.replaced() for w in writes]
     with _transaction(conn):
-        if _replaced_at_once(conn, writes):
-            return [w.replaced() for w in writes]
         return [_entity_put_one(conn, w) for w in writes]
 
 
 def _replaced_at_once(conn: sqlite3.Connection, writes: Sequence[EntityWrite]) -> bool:
-    """Replace every write in one statement, as alarm state arrives (a thousand a second):
-    statement by statement, each one takes the GIL back after it ran, and beside a busy event
-    loop each of those waits can last the 5 ms switch interval, holding the database's write
-    lock all along (docs/stores.md). True when all were replaced; False, with nothing changed,
-    when a write is a create, names an entity twice or meets a revision conflict: then the
-    writes go one by one, so each conflict fails only its own write."""
+    """Replace every write in one statement, its own transaction, as alarm state arrives (a
+    thousand a second): each statement takes the GIL back after it ran, and beside a busy
+    event loop each of those waits can last the 5 ms switch interval, so a writer thread that
+    ran BEGIN, a read, a savepoint, the update, its release and COMMIT per batch spent up to
+    30 ms a batch waiting (docs/stores.md). True when all were replaced; False, with nothing
+    changed, when a write is a create, names an entity twice or meets a revision conflict:
+    then the writes go one by one, so each conflict fails only its own write."""
     if len(writes) < 2 or any(w.expected_revision is None for w in writes):
         return False
     if len({(w.namespace, w.name) for w in writes}) < len(writes):
@@ -659,12 +668,11 @@ def _replaced_at_once(conn: sqlite3.Connection, writes: Sequence[EntityWrite]) -
                                 _dumps(w.doc)] for w in writes]).decode()  # fmt: skip
     except TypeError:  # an integer beyond 64 bits: one by one, where SQLite names it
         return False
-    last_seq = conn.execute(_ENTITY_LAST_SEQ).fetchone()[0]
-    conn.execute("SAVEPOINT replace_many")
-    replaced = conn.execute(_ENTITY_REPLACE_BATCH, (_now_ms(), last_seq, packed)).rowcount
-    if replaced != len(writes):
-        conn.execute("ROLLBACK TO replace_many")
-    conn.execute("RELEASE replace_many")
+    before = conn.total_changes  # not rowcount: Python's sqlite3 gives -1 for a WITH statement
+    conn.execute(_ENTITY_REPLACE_BATCH, (packed, _now_ms(), len(writes)))
+    replaced = conn.total_changes - before
+    if replaced not in (0, len(writes)):  # the count guard makes this impossible
+        raise StoreError(f"a batch replace changed {replaced} of {len(writes)} entities")
     return replaced == len(writes)
 
 
@@ -881,11 +889,11 @@ def _activations_write(conn: sqlite3.Connection, batch: Sequence[JSONDict]) -> N
         packed: str | None = orjson.dumps(rows).decode()
     except TypeError:  # an integer beyond 64 bits: row by row, SQLite names the bad one
         packed = None
+    if packed is not None:  # one statement, its own transaction (one GIL wait, not three)
+        conn.execute(_ACTIVATION_UPSERT_BATCH, (packed,))
+        return
     with _transaction(conn):
-        if packed is None:
-            conn.executemany(_ACTIVATION_UPSERT, rows)
-        else:
-            conn.execute(_ACTIVATION_UPSERT_BATCH, (packed,))
+        conn.executemany(_ACTIVATION_UPSERT, rows)
 
 
 def _activation_get(
