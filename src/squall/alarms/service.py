@@ -123,7 +123,7 @@ log = logging.getLogger(__name__)
 ALARMS_COLLECTION = "alarms"
 ALARMS_ROOT = "#alarms"
 LAG_SAMPLES = 4096
-# Restored alarms decoded per turn of the loop after start (~15 µs each: ~3 ms a turn).
+# Restored alarms decoded at a time after start (~15 µs each: ~3 ms), then as long a rest.
 DECODE_SLICE = 200
 
 
@@ -490,6 +490,7 @@ class _HeldBack(Exception):
 
 # heap item: (due, sequence, alarm id, token, tick, catch-up)
 _HeapItem = tuple[datetime, int, str, int, datetime, bool | None]
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -1553,7 +1554,7 @@ class AlarmService:
         """
         now = self.now()
         if result.outcome is FireOutcome.TRIGGER_GONE or generation != entry.generation:
-            self._after_fire_exception(entry, record, result, now)
+            self._after_fire_gone_or_changed(entry, record, result, now)
             return None
         # The common case, a fire by the alarm's current configuration: the fire state is kept
         # beside the alarm (see _FireState), so the alarm is not copied on every fire.
@@ -1587,7 +1588,7 @@ class AlarmService:
         self._arm(entry, plan.tick, catchup=plan.catchup, due=plan.due)
         return None
 
-    def _after_fire_exception(
+    def _after_fire_gone_or_changed(
         self, entry: _Entry, record: FireRecord, result: FireResult, now: datetime
     ) -> None:
         """After a fire whose trigger is gone, or one made by a configuration changed meanwhile."""

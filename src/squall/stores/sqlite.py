@@ -449,12 +449,11 @@ _ENTITY_REPLACE = f"""UPDATE entities
     SET revision = revision + 1, updated = ?, seq = {_NEXT_SEQ}, doc = ?
     WHERE namespace = ? AND name = ? AND collection = ? AND revision = ?"""
 _ENTITY_DELETE = "DELETE FROM entities WHERE namespace = ? AND name = ? AND collection = ?"
-# Many replaces in one statement (see _entity_put_many): the rows travel as one JSON array of
-# [namespace, name, collection, expected revision, doc text], each row's `seq` is the next
-# free one plus its position in the batch (the base is read first, in the same transaction).
-# Replaces a batch in one statement, all or nothing: the count subquery (computed once, before
-# any row changes, as is the max(seq)) finds every write at its expected revision, or the
-# statement changes no row. One statement is its own transaction: see _replaced_at_once.
+# Many replaces in one statement, its own transaction (see _replaced_at_once): the rows travel
+# as one JSON array of [namespace, name, collection, expected revision, doc text]; each row's
+# `seq` is the last one plus its position in the batch. All or nothing: the count subquery
+# (computed once, before any row changes, as is the max(seq)) finds every write at its
+# expected revision, or the statement changes no row.
 _ENTITY_REPLACE_BATCH = """WITH w AS (
         SELECT json_extract(value, '$[0]') AS namespace, json_extract(value, '$[1]') AS name,
             json_extract(value, '$[2]') AS collection, json_extract(value, '$[3]') AS revision,
